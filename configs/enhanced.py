@@ -1,0 +1,48 @@
+"""The seed's recipe: EnhancedCNN48 on FER2013, Adam with L2, 25 epochs, early stopping.
+
+    python -m fer_jax.main --config configs/enhanced.py --workdir runs/enhanced
+
+Data: config.data.csv_path, else $FER2013_PATH, else the TFDS manual dir. Cost on the 2-core CPU
+this project is developed on: ~4 min per epoch. Results: README.md, "Results".
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'cnn48'
+  config.model.num_classes = 7
+  config.model.dropout_rate = 0.5
+  config.model.dtype = 'float32'
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = 'fer2013'      # or 'generated' (cartoon faces, no download)
+  config.data.csv_path = ''           # '' -> $FER2013_PATH -> <tfds_dir>/downloads/manual/
+  config.data.tfds_dir = ''           # '' -> $TFDS_DATA_DIR -> ~/tensorflow_datasets
+  config.data.train_split = 'train'   # Training rows
+  config.data.eval_split = 'validation'  # PublicTest rows
+  config.data.max_train_examples = 0  # 0 = all
+  config.data.max_eval_examples = 0
+  config.data.generated_train_size = 2048
+  config.data.generated_eval_size = 512
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip_prob = 0.5
+
+  config.batch_size = 32
+  config.eval_batch_size = 256
+  config.num_epochs = 25
+  config.backbone_lr = 1e-5
+  config.head_lr = 1e-3
+  config.lr_decay_every_epochs = 8
+  config.lr_decay_factor = 0.5
+  config.weight_decay = 1e-4
+  config.early_stopping_patience = 7  # epochs without a better validation accuracy; 0 = never stop
+
+  config.log_every_steps = 50
+  config.progress_bar = True
+  config.fast_cpu = True  # see fer_jax.parallel.configure_cpu_backend; FER_JAX_FAST_CPU=0 also disables
+  return config

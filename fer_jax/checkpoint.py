@@ -1,0 +1,53 @@
+"""Orbax checkpoints in the workdir: `checkpoints/latest` every epoch, `checkpoints/best` by
+validation accuracy. Each holds the train state and, as JSON, everything needed to resume or to
+serve the model without the config file: epoch, early-stopping state, history, configs, label map.
+"""
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+LATEST, BEST = 'latest', 'best'
+
+
+def _manager(workdir: str, kind: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints', kind),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+
+class Checkpoints:
+  """The two managers of one workdir."""
+
+  def __init__(self, workdir: str):
+    self.managers = {LATEST: _manager(workdir, LATEST), BEST: _manager(workdir, BEST)}
+
+  def save(self, kind: str, step: int, state_tree: Any, meta: dict[str, Any]) -> None:
+    self.managers[kind].save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta)))
+
+  def latest_step(self, kind: str = LATEST) -> int | None:
+    return self.managers[kind].latest_step()
+
+  def restore(self, kind: str, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """(state tree shaped like `target`, metadata) of the given or newest step."""
+    manager = self.managers[kind]
+    step = manager.latest_step() if step is None else step
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def restore_meta(self, kind: str, step: int | None = None) -> dict[str, Any]:
+    manager = self.managers[kind]
+    step = manager.latest_step() if step is None else step
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+  def wait(self) -> None:
+    for manager in self.managers.values():
+      manager.wait_until_finished()
+
+  def close(self) -> None:
+    for manager in self.managers.values():
+      manager.close()

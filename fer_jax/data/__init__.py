@@ -1,0 +1,100 @@
+"""Splits as in-memory arrays, from FER2013 (via the TFDS builder) or generated faces.
+
+The whole of FER2013 is ~83 MB as uint8, so each split is held as arrays and batches are gathered by
+index; no input pipeline framework is needed.
+"""
+import dataclasses
+import os
+
+import ml_collections
+import numpy as np
+
+from fer_jax import FerJaxError
+
+MANUAL_NAMES = ('fer2013.csv', 'fer2013.csv.gz')
+SPLITS = ('train', 'validation', 'test')
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  name: str
+  images: np.ndarray  # uint8 (N, 48, 48, 1)
+  labels: np.ndarray  # int32 (N,)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+def tfds_dir(data_config: ml_collections.ConfigDict) -> str:
+  return os.path.expanduser(data_config.tfds_dir or os.environ.get('TFDS_DATA_DIR')
+                            or '~/tensorflow_datasets')
+
+
+def find_csv(data_config: ml_collections.ConfigDict) -> str:
+  """config.data.csv_path, then $FER2013_PATH, then the TFDS manual dir."""
+  if data_config.csv_path:
+    if not os.path.isfile(os.path.expanduser(data_config.csv_path)):
+      raise FerJaxError(f'config.data.csv_path={data_config.csv_path!r} does not exist; pass the '
+                        'path of the Kaggle fer2013.csv (or .csv.gz).')
+    return os.path.expanduser(data_config.csv_path)
+  env_path = os.environ.get('FER2013_PATH', '')
+  if env_path:
+    if not os.path.isfile(os.path.expanduser(env_path)):
+      raise FerJaxError(f'FER2013_PATH={env_path!r} does not exist; point it at the Kaggle '
+                        'fer2013.csv (or .csv.gz).')
+    return os.path.expanduser(env_path)
+  manual_dir = os.path.join(tfds_dir(data_config), 'downloads', 'manual')
+  for name in MANUAL_NAMES:
+    if os.path.isfile(os.path.join(manual_dir, name)):
+      return os.path.join(manual_dir, name)
+  raise FerJaxError(
+      'FER2013 was not found (looked at config.data.csv_path, $FER2013_PATH and '
+      f'{manual_dir}/fer2013.csv[.gz]); download fer2013.csv from Kaggle\'s "Challenges in '
+      'Representation Learning: Facial Expression Recognition Challenge" and set FER2013_PATH to it '
+      '(or put it in that folder), or try configs/smoke.py on generated faces with '
+      '--config.data.source=generated.')
+
+
+def generated_faces(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Cartoon faces whose mouth and brows depend on the class: learnable, for smoke runs and tests."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 7, num).astype(np.int32)
+  yy, xx = np.mgrid[0:48, 0:48].astype(np.float32)
+  head = (((yy - 24) / 21) ** 2 + ((xx - 24) / 17) ** 2 < 1).astype(np.float32)
+  images = np.empty((num, 48, 48, 1), np.uint8)
+  for i, label in enumerate(labels):
+    curve = (label - 3) / 3.0                        # mouth curvature from -1 to 1
+    mouth_y = 34 + curve * ((xx - 24) / 8) ** 2 - 2 * curve
+    mouth = (np.abs(yy - mouth_y) < 1.2) & (np.abs(xx - 24) < 8)
+    brow_y = 14 + (label % 3) - 1 + (xx - 24) * 0.15 * (label % 2 * 2 - 1)
+    brows = (np.abs(yy - brow_y) < 1) & (np.abs(np.abs(xx - 24) - 8) < 4)
+    eyes = ((yy - 19) ** 2 + (np.abs(xx - 24) - 8) ** 2) < 4
+    face = 60 + 120 * head - 90 * (mouth | brows | eyes)
+    face += rng.normal(0, 12, face.shape) + rng.uniform(-30, 30)
+    images[i, ..., 0] = np.clip(np.roll(face, rng.integers(-2, 3, 2), (0, 1)), 0, 255)
+  return images, labels
+
+
+def _subset(split: Split, max_examples: int) -> Split:
+  if max_examples and max_examples < len(split):
+    return Split(split.name, split.images[:max_examples], split.labels[:max_examples])
+  return split
+
+
+def load_split(data_config: ml_collections.ConfigDict, split: str, max_examples: int = 0) -> Split:
+  """One split ('train', 'validation' or 'test') as arrays, the first max_examples if > 0."""
+  if split not in SPLITS:
+    raise FerJaxError(f'split {split!r} is unknown; use one of {", ".join(SPLITS)} (FER2013 Usage '
+                      'Training, PublicTest, PrivateTest).')
+  if data_config.source == 'generated':
+    sizes = {'train': data_config.generated_train_size, 'validation': data_config.generated_eval_size,
+             'test': data_config.generated_eval_size}
+    images, labels = generated_faces(sizes[split], seed=list(sizes).index(split))
+    return _subset(Split(split, images, labels), max_examples)
+  if data_config.source != 'fer2013':
+    raise FerJaxError(f'config.data.source={data_config.source!r} is unknown; use "fer2013" or '
+                      '"generated".')
+  from fer_jax.data import fer2013  # TFDS stays off the import path of generated-data runs.
+  builder = fer2013.prepare(find_csv(data_config), tfds_dir(data_config))
+  images, labels = fer2013.load_split(builder, split)
+  return _subset(Split(split, images, labels), max_examples)

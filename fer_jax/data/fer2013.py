@@ -1,0 +1,99 @@
+"""A TFDS builder for FER2013 that needs no TensorFlow.
+
+Features are `tfds.features.Tensor` (uint8 48x48x1) and the file format is array_record, the
+combination TFDS can write and read back as a random-access data source without TensorFlow. The
+builder config is named after the CSV's path, size and mtime, so a different or edited CSV prepares
+anew instead of silently reusing stale records.
+"""
+import glob
+import hashlib
+import os
+import shutil
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from fer_jax import EMOTIONS, FerJaxError
+from fer_jax.data.csv import read_fer2013_csv
+
+# TFDS split name -> the CSV's Usage value.
+SPLIT_USAGE = {'train': 'Training', 'validation': 'PublicTest', 'test': 'PrivateTest'}
+
+_MANUAL_INSTRUCTIONS = (
+    "Download fer2013.csv from Kaggle's 'Challenges in Representation Learning: Facial Expression "
+    "Recognition Challenge' and pass its path (config.data.csv_path or the FER2013_PATH environment "
+    'variable), or place fer2013.csv / fer2013.csv.gz in the TFDS manual dir.')
+
+
+def csv_fingerprint(csv_path: str) -> str:
+  stat = os.stat(csv_path)
+  key = f'{os.path.abspath(csv_path)}:{stat.st_size}:{stat.st_mtime_ns}'
+  return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+class Fer2013(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """FER2013 from its Kaggle CSV: train = Training, validation = PublicTest, test = PrivateTest."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_INSTRUCTIONS
+
+  def __init__(self, *, csv_path: str, **kwargs):
+    self._csv_path = csv_path
+    config = tfds.core.BuilderConfig(name=f'csv_{csv_fingerprint(csv_path)}',
+                                     description=f'Prepared from {os.path.abspath(csv_path)}')
+    super().__init__(config=config, file_format='array_record', **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description='FER2013 facial expressions, 48x48 grey faces, 7 classes.',
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Tensor(shape=(48, 48, 1), dtype=np.uint8),
+            'label': tfds.features.ClassLabel(names=list(EMOTIONS)),
+        }),
+        supervised_keys=('image', 'label'),
+        homepage='https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge',
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # The CSV is given by path; nothing is downloaded.
+    by_usage = read_fer2013_csv(self._csv_path)
+    missing = [f'{split} ({usage})' for split, usage in SPLIT_USAGE.items() if usage not in by_usage]
+    if missing:
+      logging.warning('%s has no rows for %s; those splits are not prepared.', self._csv_path,
+                      ', '.join(missing))
+    return {split: self._generate_examples(*by_usage[usage])
+            for split, usage in SPLIT_USAGE.items() if usage in by_usage}
+
+  def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
+    for index, (image, label) in enumerate(zip(images, labels)):
+      yield index, {'image': image, 'label': int(label)}
+
+
+def prepare(csv_path: str, tfds_dir: str) -> Fer2013:
+  """Prepares (once) and returns the builder; a failure leaves nothing half-written."""
+  builder = Fer2013(csv_path=csv_path, data_dir=tfds_dir)
+  if not builder.is_prepared():
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=os.path.dirname(csv_path)))
+    except BaseException:
+      for partial in glob.glob(os.path.join(os.path.dirname(builder.data_dir), 'incomplete*')):
+        shutil.rmtree(partial, ignore_errors=True)
+      raise
+  return builder
+
+
+def load_split(builder: Fer2013, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """All of one split as (images uint8 (N, 48, 48, 1), labels int32 (N,)), in TFDS order."""
+  if split not in builder.info.splits:
+    present = ', '.join(f'{s} ({SPLIT_USAGE[s]})' for s in SPLIT_USAGE if s in builder.info.splits)
+    raise FerJaxError(f'split {split!r} ({SPLIT_USAGE.get(split, "?")} rows) is not in '
+                      f'{builder._csv_path}, which holds only {present}; pick one of those splits '
+                      'or pass a CSV that has it.')
+  source = builder.as_data_source(split)
+  examples = source.__getitems__(list(range(len(source))))
+  images = np.stack([e['image'] for e in examples]).astype(np.uint8)
+  labels = np.array([e['label'] for e in examples], dtype=np.int32)
+  return images, labels
