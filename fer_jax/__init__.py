@@ -4,5 +4,5 @@ EMOTIONS: tuple[str, ...] = ('angry', 'disgust', 'fear', 'happy', 'sad', 'surpri
 LABEL_MAP: dict[int, str] = dict(enumerate(EMOTIONS))
 
 
-class FerJaxError(Exception):
+class FerJaxError(ValueError):
   """An error in the user's input or config; its message says what to change."""

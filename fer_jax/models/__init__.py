@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fer_jax import FerJaxError
 from fer_jax.models.cnn48 import EnhancedCNN48, MaxPool2x2, GlobalAvgPool, closed_form_param_count
 
 MODELS: dict[str, type[nn.Module]] = {'cnn48': EnhancedCNN48}
@@ -20,7 +21,7 @@ _LAYER_KINDS = {nn.Conv: 'conv', nn.BatchNorm: 'batchnorm', MaxPool2x2: 'pool',
 def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
   """Builds the module named by `model_config.name` with the config's fields."""
   if model_config.name not in MODELS:
-    raise ValueError(f'config.model.name={model_config.name!r} is not a known model; '
+    raise FerJaxError(f'config.model.name={model_config.name!r} is not a known model; '
                      f'use one of {sorted(MODELS)}.')
   dtype = jnp.dtype(model_config.get('dtype', 'float32'))
   return MODELS[model_config.name](num_classes=model_config.num_classes,
