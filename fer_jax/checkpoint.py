@@ -51,3 +51,31 @@ class Checkpoints:
   def close(self) -> None:
     for manager in self.managers.values():
       manager.close()
+
+
+def load_for_inference(workdir: str, which: str = BEST) -> tuple[dict[str, Any], dict[str, Any]]:
+  """({'params', 'batch_stats'} as numpy, metadata) from a workdir's best, latest or a step.
+
+  Restores without a target, so no optimiser has to be rebuilt to read a model.
+  """
+  from fer_jax import FerJaxError
+  kind, step = (which, None) if which in (BEST, LATEST) else (LATEST, None)
+  if kind != which:
+    if not str(which).isdigit():
+      raise FerJaxError(f'checkpoint {which!r} is not "best", "latest" or a step number.')
+    step = int(which)
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints', kind)
+  if not os.path.isdir(directory):
+    raise FerJaxError(f'{workdir} has no checkpoints ({directory} is missing); train first with '
+                      f'python -m fer_jax.main --config configs/enhanced.py --workdir {workdir}.')
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = manager.all_steps()
+  if not steps or (step is not None and step not in steps):
+    raise FerJaxError(f'{directory} has no checkpoint {step if step is not None else ""}'.strip()
+                      + f' (steps there: {sorted(steps) or "none"}); pick one of those.')
+  restored = manager.restore(step if step is not None else manager.latest_step(),
+                             args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                     meta=ocp.args.JsonRestore()))
+  manager.close()
+  state = restored.state
+  return {'params': state['params'], 'batch_stats': state['batch_stats']}, restored.meta

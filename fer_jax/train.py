@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fer_jax import LABEL_MAP, FerJaxError, augment, data, metrics, models, optim, parallel
+from fer_jax import LABEL_MAP, FerJaxError, augment, data, metrics, models, optim, parallel, plots
 from fer_jax.checkpoint import BEST, LATEST, Checkpoints
 
 
@@ -219,4 +219,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     metrics.write_history(workdir, history)
     logging.info(metrics.format_epoch(record))
   checkpoints.close()
+  if history:
+    plots.learning_curves(history, os.path.join(workdir, 'learning_curves.png'))
   return state

@@ -1,0 +1,46 @@
+"""Pictures a researcher looks at: learning curves and the confusion matrix (matplotlib, Agg)."""
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(history: Sequence[dict[str, Any]], path: str) -> None:
+  """Loss and accuracy per epoch, train and validation, side by side."""
+  epochs = [h['epoch'] for h in history]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for axis, metric in zip(axes, ('loss', 'accuracy')):
+    axis.plot(epochs, [h[f'train_{metric}'] for h in history], 'o-', label='train')
+    axis.plot(epochs, [h[f'eval_{metric}'] for h in history], 's-',
+              label=history[-1].get('eval_split', 'validation') if history else 'validation')
+    axis.set_xlabel('epoch')
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    axis.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str,
+                     title: str = '') -> None:
+  """Counts, with each row (true class) shaded by its recall."""
+  recall = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+  fig, axis = plt.subplots(figsize=(7, 6))
+  image = axis.imshow(recall, cmap='Blues', vmin=0, vmax=1)
+  for i in range(len(class_names)):
+    for j in range(len(class_names)):
+      axis.text(j, i, str(int(matrix[i, j])), ha='center', va='center',
+                color='white' if recall[i, j] > 0.5 else 'black', fontsize=9)
+  axis.set_xticks(range(len(class_names)), class_names, rotation=45, ha='right')
+  axis.set_yticks(range(len(class_names)), class_names)
+  axis.set_xlabel('predicted')
+  axis.set_ylabel('true')
+  axis.set_title(title)
+  fig.colorbar(image, ax=axis, label='fraction of the true class')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

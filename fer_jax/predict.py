@@ -1,0 +1,141 @@
+"""An emotion, a confidence and the 7 probabilities for any face image.
+
+    python -m fer_jax.predict --workdir runs/enhanced face1.jpg photos/ [--json] [--detect-faces]
+
+`Predictor` loads a checkpoint once and keeps its compiled forward pass warm; batches are padded
+to a fixed size so a stream of different batch sizes compiles once.
+"""
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Iterable, Sequence
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fer_jax import EMOTIONS, FerJaxError, augment, models
+from fer_jax.checkpoint import BEST, load_for_inference
+from fer_jax.data.images import IMAGE_EXTENSIONS, load_face
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  emotion: str
+  confidence: float
+  probabilities: dict[str, float]
+
+
+class Predictor:
+  """A trained model, loaded once; `predict` takes paths, PIL images or arrays."""
+
+  def __init__(self, model_config: dict[str, Any], variables: dict[str, Any],
+               label_map: dict[str, str] | None = None, batch_size: int = 64):
+    self.model = models.create_model(ml_collections.ConfigDict(model_config))
+    self.variables = jax.device_put(variables)
+    self.labels = [label_map[str(i)] for i in range(len(label_map))] if label_map else list(EMOTIONS)
+    self.batch_size = batch_size
+    self._probabilities = jax.jit(self._forward)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, checkpoint: str = BEST, **kwargs) -> 'Predictor':
+    variables, meta = load_for_inference(workdir, checkpoint)
+    return cls(meta['model_config'], variables, meta.get('label_map'), **kwargs)
+
+  def _forward(self, variables, faces: jax.Array) -> jax.Array:
+    logits = self.model.apply(variables, augment.normalize(faces), train=False)
+    return jax.nn.softmax(logits, axis=-1)
+
+  def probabilities(self, faces: np.ndarray) -> np.ndarray:
+    """uint8 (N, 48, 48[, 1]) faces -> (N, classes) probabilities, in fixed-size padded batches."""
+    faces = np.asarray(faces, np.uint8).reshape(-1, 48, 48, 1)
+    out = []
+    for start in range(0, len(faces), self.batch_size):
+      chunk = faces[start:start + self.batch_size]
+      padded = np.zeros((self.batch_size, 48, 48, 1), np.uint8)
+      padded[:len(chunk)] = chunk
+      out.append(np.asarray(self._probabilities(self.variables, jnp.asarray(padded)))[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+  def to_prediction(self, probabilities: np.ndarray) -> Prediction:
+    best = int(np.argmax(probabilities))
+    return Prediction(self.labels[best], float(probabilities[best]),
+                      {name: float(p) for name, p in zip(self.labels, probabilities)})
+
+  def predict(self, images: Sequence[Any], detect_faces: bool = False) -> list[Prediction]:
+    faces = np.stack([load_face(image, detect_faces) for image in images])
+    return [self.to_prediction(p) for p in self.probabilities(faces)]
+
+
+def load_and_predict(checkpoint: str, image: Any) -> tuple[str, float, dict[str, float]]:
+  """The seed's API: (emotion, confidence, probabilities) for one image, from a workdir."""
+  prediction = Predictor.from_workdir(checkpoint).predict([image])[0]
+  return prediction.emotion, prediction.confidence, prediction.probabilities
+
+
+def expand_inputs(paths: Iterable[str]) -> list[str]:
+  """Files as given; folders replaced by the images inside them (sorted, recursive)."""
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      for folder, _, names in sorted(os.walk(path)):
+        files += [os.path.join(folder, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    else:
+      files.append(path)
+  return files
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Command-line flags, defined only when run as a program so importing stays side-effect free."""
+  flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
+  flags.DEFINE_string('checkpoint', BEST, '"best", "latest" or a step number.')
+  flags.DEFINE_bool('json', False, 'One JSON line per file instead of a table.')
+  flags.DEFINE_bool('detect_faces', False, 'Crop the largest face first (OpenCV Haar cascade).')
+
+
+def run(files: list[str], predictor: Predictor, as_json: bool, detect_faces: bool) -> int:
+  """Classifies each file on its own so one bad file does not stop the rest; returns #failures."""
+  failures = 0
+  if not as_json:
+    print(f'{"file":40s} {"emotion":9s} {"conf":>5s}  ' + ' '.join(f'{n[:7]:>7s}' for n in predictor.labels))
+  for path in files:
+    try:
+      prediction = predictor.predict([path], detect_faces)[0]
+    except FerJaxError as e:
+      failures += 1
+      print(json.dumps({'file': path, 'error': str(e)}) if as_json else f'{path:40s} error: {e}')
+      continue
+    if as_json:
+      print(json.dumps({'file': path, 'emotion': prediction.emotion,
+                        'confidence': round(prediction.confidence, 6),
+                        'probabilities': {k: round(v, 6) for k, v in prediction.probabilities.items()}}))
+    else:
+      print(f'{path:40s} {prediction.emotion:9s} {prediction.confidence:5.3f}  '
+            + ' '.join(f'{p:7.3f}' for p in prediction.probabilities.values()))
+  return failures
+
+
+def main(argv: list[str]) -> None:
+  files = expand_inputs(argv[1:])
+  if not files:
+    raise app.UsageError('name at least one image file or folder.')
+  if not FLAGS.workdir:
+    raise app.UsageError('--workdir is required: the training workdir whose checkpoint to use.')
+  try:
+    predictor = Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint)
+  except FerJaxError as e:
+    sys.exit(f'error: {e}')
+  failures = run(files, predictor, FLAGS.json, FLAGS.detect_faces)
+  if failures:
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
