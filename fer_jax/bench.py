@@ -16,11 +16,15 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('batch_sizes', ['64'], 'Batch sizes to time.')
-flags.DEFINE_integer('steps', 15, 'Timed steps per measurement (after 3 warm-up steps).')
-flags.DEFINE_string('torch_reference', '', 'Path of torch_reference.py; empty = skip PyTorch.')
-flags.DEFINE_string('json_out', '', 'Where to write the figures as JSON (default: print only).')
-flags.DEFINE_bool('fast_cpu', True, 'Use the YNNPACK-for-dots-only XLA flag (fer_jax.parallel).')
+
+
+def define_flags() -> None:
+  """Defined only when run as a program, so importing this module has no side effects."""
+  flags.DEFINE_list('batch_sizes', ['64'], 'Batch sizes to time.')
+  flags.DEFINE_integer('steps', 15, 'Timed steps per measurement (after 3 warm-up steps).')
+  flags.DEFINE_string('torch_reference', '', 'Path of torch_reference.py; empty = skip PyTorch.')
+  flags.DEFINE_string('json_out', '', 'Where to write the figures as JSON (default: print only).')
+  flags.DEFINE_bool('fast_cpu', True, 'Use the YNNPACK-for-dots-only XLA flag (fer_jax.parallel).')
 
 
 def _images_per_second(fn, batch_size: int, steps: int) -> float:
@@ -99,4 +103,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -49,13 +49,19 @@ def real_tfds_dir(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp('tfds_real'))
 
 
-@pytest.fixture
-def generated_config():
-  """configs/smoke.py on a handful of generated faces: two steps per epoch."""
+def generated_smoke_config(train_size: int, eval_size: int):
+  """configs/smoke.py on generated faces, without the progress bar."""
   config = smoke.get_config()
   config.data.source = 'generated'
-  config.data.generated_train_size = 64
-  config.data.generated_eval_size = 48
-  config.eval_batch_size = 32
+  config.data.generated_train_size = train_size
+  config.data.generated_eval_size = eval_size
   config.progress_bar = False
+  return config
+
+
+@pytest.fixture
+def generated_config():
+  """A handful of generated faces: two steps per epoch."""
+  config = generated_smoke_config(64, 48)
+  config.eval_batch_size = 32
   return config

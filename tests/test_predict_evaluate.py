@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_csv
+from conftest import generated_smoke_config, write_csv
 import ml_collections
 
 from fer_jax import EMOTIONS, FerJaxError, augment, evaluate, models, predict, train
@@ -23,13 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope='module')
 def trained_workdir(tmp_path_factory):
   """One short training run on generated faces, shared by the tests below."""
-  from configs import smoke
-  config = smoke.get_config()
-  config.data.source = 'generated'
-  config.data.generated_train_size = 256
-  config.data.generated_eval_size = 64
+  config = generated_smoke_config(256, 64)
   config.num_epochs = 1
-  config.progress_bar = False
   workdir = str(tmp_path_factory.mktemp('trained'))
   train.train_and_evaluate(config, workdir)
   return workdir
