@@ -29,8 +29,33 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.generated_train_size = 2048
   config.data.generated_eval_size = 512
 
+  # The seed's 11 steps with the magnitudes of its PyTorch pipeline (README, "Augmentation").
   config.augment = ml_collections.ConfigDict()
+  config.augment.steps = 'flip,rotate,affine,perspective,contrast,brightness,sharpness,clahe,noise'
   config.augment.flip_prob = 0.5
+  config.augment.rotate_degrees = 20.0
+  config.augment.rotate_prob = 1.0
+  config.augment.fill = 128          # grey outside the warped face, as the seed
+  config.augment.affine_translate = 0.1  # fraction of the side
+  config.augment.affine_scale = 0.1      # scale in 1 +- this
+  config.augment.affine_shear = 10.0     # degrees, x-shear
+  config.augment.affine_prob = 1.0
+  config.augment.perspective_distortion = 0.1
+  config.augment.perspective_prob = 0.5
+  config.augment.contrast = 0.3
+  config.augment.contrast_prob = 1.0
+  config.augment.brightness = 0.3
+  config.augment.brightness_prob = 1.0
+  config.augment.sharpness_factor = 2.0
+  config.augment.sharpness_prob = 0.5
+  config.augment.clahe_clip = 2.0    # OpenCV units: x the mean bin count of a tile
+  config.augment.clahe_tiles = 4     # 4x4 tiles of 12x12 pixels
+  config.augment.clahe_prob = 0.5
+  config.augment.noise_std = 0.05    # on the [-1, 1] scale
+  config.augment.noise_prob = 0.5
+  config.augment.strength_start = 1.0  # progressive strength: start -> end over ramp_epochs
+  config.augment.strength_end = 1.0
+  config.augment.ramp_epochs = 0
 
   config.batch_size = 32
   config.eval_batch_size = 256

@@ -51,7 +51,7 @@ def bench_fer_jax(batch_size: int, steps: int) -> dict[str, float]:
   batch = jax.device_put({'image': rng.integers(0, 256, (batch_size, 48, 48, 1), dtype=np.uint8),
                           'label': rng.integers(0, 7, batch_size).astype(np.int32)})
   step = jax.jit(functools.partial(train.train_step,
-                                   augment_fn=augment.make_train_augment(config.augment)),
+                                   augment_fn=augment.make_train_augment(config.augment, 100)),
                  donate_argnums=0)
 
   def train_once():

@@ -45,7 +45,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
                augment_fn: augment.AugmentFn) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a batch of uint8 faces; returns summed metrics for the epoch."""
   augment_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  images = augment_fn(batch['image'], augment_key)
+  images = augment_fn(batch['image'], augment_key, state.step)
 
   def loss_fn(params):
     logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, images,
@@ -137,6 +137,7 @@ def checkpoint_meta(config: ml_collections.ConfigDict, epoch: int, stopper: Earl
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains config's model, evaluating and checkpointing every epoch; resumes from workdir."""
   os.makedirs(workdir, exist_ok=True)
+  augment.validate(config.augment)  # a bad config fails before minutes of data preparation
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh, 'config.batch_size')
   parallel.check_divisible(config.eval_batch_size, mesh, 'config.eval_batch_size')
@@ -172,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   metrics.write_history(workdir, history)
   state = parallel.replicate(state, mesh)
 
-  augment_fn = augment.make_train_augment(config.augment)
+  augment_fn = augment.make_train_augment(config.augment, steps_per_epoch)
   p_train_step = parallel.data_parallel(functools.partial(train_step, augment_fn=augment_fn), mesh)
   p_eval_step = parallel.data_parallel(eval_step, mesh, donate_state=False)
 

@@ -28,7 +28,7 @@ def one_step_each(dropout_rate: float):
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (16, 48, 48, 1), dtype=np.uint8),
            'label': rng.integers(0, 7, 16).astype(np.int32)}
-  step = functools.partial(train.train_step, augment_fn=augment.make_train_augment(config.augment))
+  step = functools.partial(train.train_step, augment_fn=augment.make_train_augment(config.augment, 10))
   results = []
   for mesh in (parallel.make_mesh(), Mesh(np.array(jax.local_devices()[:1]), ('data',))):
     p_step = parallel.data_parallel(step, mesh, donate_state=False)
