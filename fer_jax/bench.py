@@ -39,6 +39,7 @@ def _images_per_second(fn, batch_size: int, steps: int) -> float:
 
 def bench_fer_jax(batch_size: int, steps: int) -> dict[str, float]:
   import jax
+  import jax.numpy as jnp
   import numpy as np
   from configs import enhanced
   from fer_jax import augment, models, optim, train
@@ -62,7 +63,12 @@ def bench_fer_jax(batch_size: int, steps: int) -> dict[str, float]:
   infer = jax.jit(lambda variables, images: model.apply(variables, augment.normalize(images)))
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   infer_ips = _images_per_second(lambda: infer(variables, batch['image']), batch_size, steps)
-  return {'train_images_per_s': train_ips, 'eval_images_per_s': infer_ips}
+  augment_fn = jax.jit(augment.make_train_augment(config.augment, 100))
+  keys = iter(range(1_000_000))
+  augment_ips = _images_per_second(
+      lambda: augment_fn(batch['image'], jax.random.key(next(keys)), jnp.int32(0)), batch_size, steps)
+  return {'train_images_per_s': train_ips, 'eval_images_per_s': infer_ips,
+          'augment_images_per_s': augment_ips}
 
 
 def bench_torch(script: str, batch_size: int, steps: int) -> dict[str, float] | None:
@@ -97,6 +103,10 @@ def main(argv: list[str]) -> None:
       theirs = (figures.get('pytorch') or {}).get(key)
       ratio = f'{ours / theirs:.2f}x' if theirs else 'n/a'
       print(f"| {figures['batch_size']} | {name} | {ours:.1f} | {theirs if theirs else 'n/a'} | {ratio} |")
+  for figures in rows:
+    ours = figures['fer_jax']
+    print(f"batch {figures['batch_size']}: augmentation (11 steps) {ours['augment_images_per_s']:.0f} "
+          f"img/s = {ours['augment_images_per_s'] / ours['train_images_per_s']:.1f}x the train step")
   if FLAGS.json_out:
     with open(FLAGS.json_out, 'w') as f:
       json.dump(rows, f, indent=2)

@@ -3,12 +3,23 @@ import gzip
 import os
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
 from configs import smoke
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+  """One persistent XLA cache for the session and its subprocesses: the same train step is
+  compiled by many tests, and compiling it is most of their time on a 2-core CPU."""
+  cache = os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                                str(pathlib.Path(config.rootpath) / '.pytest_cache' / 'xla'))
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
+  jax.config.update('jax_compilation_cache_dir', cache)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 SHARED_CSV = REPO.parent / 'shared' / 'data' / 'fer2013' / 'fer2013.csv.gz'
 
 
