@@ -3,7 +3,7 @@
     python -m fer_jax.predict --workdir runs/enhanced face1.jpg photos/ [--json] [--detect-faces]
 
 `Predictor` loads a checkpoint once and keeps its compiled forward pass warm; batches are padded
-to a fixed size so a stream of different batch sizes compiles once.
+to one of three sizes (1, 8, batch_size), so a stream of any batch sizes compiles at most three times.
 """
 import dataclasses
 import json
@@ -38,6 +38,8 @@ class Predictor:
     self.variables = jax.device_put(variables)
     self.labels = [label_map[str(i)] for i in range(len(label_map))] if label_map else list(EMOTIONS)
     self.batch_size = batch_size
+    # Padded sizes: one face stays cheap, big batches stay fast, at most three compilations.
+    self.buckets = sorted({1, min(8, batch_size), batch_size})
     self._probabilities = jax.jit(self._forward)
 
   @classmethod
@@ -55,7 +57,8 @@ class Predictor:
     out = []
     for start in range(0, len(faces), self.batch_size):
       chunk = faces[start:start + self.batch_size]
-      padded = np.zeros((self.batch_size, 48, 48, 1), np.uint8)
+      size = next(b for b in self.buckets if b >= len(chunk))
+      padded = np.zeros((size, 48, 48, 1), np.uint8)
       padded[:len(chunk)] = chunk
       out.append(np.asarray(self._probabilities(self.variables, jnp.asarray(padded)))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
