@@ -81,6 +81,8 @@ def test_bad_csv_names_file_line_and_field_and_prepares_nothing(tmp_path, text, 
   assert not [p for p in tfds_dir.rglob('*') if p.is_file() and 'fer2013' in str(p)
               and 'array_record' in p.name], 'a half-prepared dataset was left behind'
   assert not list(tfds_dir.rglob('incomplete*'))
+  assert not (tfds_dir / 'fer2013').exists(), 'an empty dataset folder was left behind'
+
 
 
 def test_unreadable_gzip(tmp_path):

@@ -79,8 +79,12 @@ def prepare(csv_path: str, tfds_dir: str) -> Fer2013:
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(manual_dir=os.path.dirname(csv_path)))
     except BaseException:
-      for partial in glob.glob(os.path.join(os.path.dirname(builder.data_dir), 'incomplete*')):
+      config_dir = os.path.dirname(builder.data_dir)
+      for partial in glob.glob(os.path.join(config_dir, 'incomplete*')):
         shutil.rmtree(partial, ignore_errors=True)
+      for empty in (config_dir, os.path.dirname(config_dir)):
+        if os.path.isdir(empty) and not os.listdir(empty):
+          os.rmdir(empty)
       raise
   return builder
 
