@@ -167,7 +167,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if checkpoints.latest_step() is not None:
     tree, meta = checkpoints.restore(LATEST, _state_tree(state))
     state = state.replace(**tree)
-    stopper = EarlyStopping(**meta['early_stopping'])
+    # The counters continue; the patience is the current config's, so it can be changed on resume.
+    stopper = EarlyStopping(**{**meta['early_stopping'], 'patience': config.early_stopping_patience})
     history, start_epoch = meta['history'], meta['epoch'] + 1
     logging.info('resumed from %s at epoch %d (step %d)', workdir, meta['epoch'], int(state.step))
   metrics.write_history(workdir, history)
