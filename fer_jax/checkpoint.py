@@ -59,11 +59,12 @@ def load_for_inference(workdir: str, which: str = BEST) -> tuple[dict[str, Any],
   Restores without a target, so no optimiser has to be rebuilt to read a model.
   """
   from fer_jax import FerJaxError
-  kind, step = (which, None) if which in (BEST, LATEST) else (LATEST, None)
-  if kind != which:
-    if not str(which).isdigit():
-      raise FerJaxError(f'checkpoint {which!r} is not "best", "latest" or a step number.')
-    step = int(which)
+  if which in (BEST, LATEST):
+    kind, step = which, None
+  elif str(which).isdigit():
+    kind, step = LATEST, int(which)
+  else:
+    raise FerJaxError(f'checkpoint {which!r} is not "best", "latest" or a step number.')
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints', kind)
   if not os.path.isdir(directory):
     raise FerJaxError(f'{workdir} has no checkpoints ({directory} is missing); train first with '

@@ -18,7 +18,7 @@ import numpy as np
 from fer_jax import FerJaxError
 from fer_jax.checkpoint import BEST
 from fer_jax.data.csv import read_fer2013_csv
-from fer_jax.data.fer2013 import SPLIT_USAGE
+from fer_jax.data.fer2013 import SPLIT_USAGE, describe_splits
 from fer_jax.data.images import read_image_folder
 from fer_jax.predict import Predictor
 
@@ -32,9 +32,8 @@ def load_eval_data(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   by_usage = read_fer2013_csv(path)
   usage = SPLIT_USAGE[split]
   if usage not in by_usage:
-    present = ', '.join(f'{s} ({u})' for s, u in SPLIT_USAGE.items() if u in by_usage)
     raise FerJaxError(f'{path} has no {usage} rows, so there is no {split!r} split; it holds '
-                      f'{present}; pick one of those with --split.')
+                      f'{describe_splits(by_usage)}; pick one of those with --split.')
   return by_usage[usage]
 
 

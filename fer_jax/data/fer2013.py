@@ -26,6 +26,11 @@ _MANUAL_INSTRUCTIONS = (
     'variable), or place fer2013.csv / fer2013.csv.gz in the TFDS manual dir.')
 
 
+def describe_splits(usages: set[str] | dict) -> str:
+  """'train (Training), validation (PublicTest)' for the usages present, in split order."""
+  return ', '.join(f'{split} ({usage})' for split, usage in SPLIT_USAGE.items() if usage in usages)
+
+
 def csv_fingerprint(csv_path: str) -> str:
   stat = os.stat(csv_path)
   key = f'{os.path.abspath(csv_path)}:{stat.st_size}:{stat.st_mtime_ns}'
@@ -92,7 +97,7 @@ def prepare(csv_path: str, tfds_dir: str) -> Fer2013:
 def load_split(builder: Fer2013, split: str) -> tuple[np.ndarray, np.ndarray]:
   """All of one split as (images uint8 (N, 48, 48, 1), labels int32 (N,)), in TFDS order."""
   if split not in builder.info.splits:
-    present = ', '.join(f'{s} ({SPLIT_USAGE[s]})' for s in SPLIT_USAGE if s in builder.info.splits)
+    present = describe_splits({SPLIT_USAGE[s] for s in builder.info.splits})
     raise FerJaxError(f'split {split!r} ({SPLIT_USAGE.get(split, "?")} rows) is not in '
                       f'{builder._csv_path}, which holds only {present}; pick one of those splits '
                       'or pass a CSV that has it.')
