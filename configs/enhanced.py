@@ -62,9 +62,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 25
   config.backbone_lr = 1e-5
   config.head_lr = 1e-3
+  config.optimizer = 'adam'            # or 'sgd' (momentum, nesterov below)
+  config.momentum = 0.9
+  config.nesterov = True
+  config.lr_schedule = 'step'          # the seed's StepLR; or 'cosine' (warm-up, then to zero)
   config.lr_decay_every_epochs = 8
   config.lr_decay_factor = 0.5
+  config.warmup_epochs = 0.0           # cosine only
   config.weight_decay = 1e-4
+  config.label_smoothing = 0.0
   config.early_stopping_patience = 7  # epochs without a better validation accuracy; 0 = never stop
 
   config.log_every_steps = 50

@@ -15,11 +15,6 @@ config_flags.DEFINE_config_file('config', None, 'A config file, e.g. configs/enh
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _quiet_orbax(record) -> bool:
-  """Orbax logs every save step at INFO; keep its warnings, drop the chatter."""
-  return record.levelno > logging.converter.STANDARD_INFO or 'orbax' not in record.pathname
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -27,8 +22,8 @@ def main(argv: list[str]) -> None:
   from fer_jax import parallel
   parallel.configure_cpu_backend(FLAGS.config.get('fast_cpu', True))
   import jax
-  logging.get_absl_handler().addFilter(_quiet_orbax)
-  from fer_jax import FerJaxError, train
+  from fer_jax import FerJaxError, metrics, train
+  logging.get_absl_handler().addFilter(metrics.quiet_orbax)
   logging.info('JAX %s, devices: %s', jax.__version__, jax.local_devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -1,13 +1,17 @@
 """The optimiser: backbone and head get their own learning rate through `optax.multi_transform`.
 
-Each group runs PyTorch's `Adam(weight_decay=wd)`: the L2 term is added to the gradient before the
-Adam moments (coupled), then scaled by the group's stepped schedule.
+Each group runs PyTorch's `Adam(weight_decay=wd)` (config.optimizer='adam', the seed) or
+`SGD(momentum, nesterov, weight_decay=wd)` ('sgd'): the L2 term is added to the gradient before the
+moments (coupled), then scaled by the group's schedule: the seed's StepLR ('step') or a linear
+warm-up into a cosine decay to zero over the run ('cosine').
 """
 from typing import Any, Callable
 
 import flax
 import ml_collections
 import optax
+
+from fer_jax import FerJaxError
 
 GROUPS = ('backbone', 'head')
 
@@ -23,12 +27,24 @@ def param_labels(params: Any) -> Any:
   return flax.traverse_util.unflatten_dict({path: label(path, v) for path, v in flat.items()})
 
 
+SCHEDULES = ('step', 'cosine')
+OPTIMIZERS = ('adam', 'sgd')
+
+
 def create_learning_rate_fn(base_lr: float, config: ml_collections.ConfigDict,
                             steps_per_epoch: int) -> optax.Schedule:
-  """The seed's StepLR: x decay_factor every decay_epochs epochs, counted in steps."""
-  return optax.exponential_decay(
-      init_value=base_lr, transition_steps=config.lr_decay_every_epochs * steps_per_epoch,
-      decay_rate=config.lr_decay_factor, staircase=True)
+  """Learning rate per step for one group, from config.lr_schedule."""
+  if config.lr_schedule == 'step':  # the seed's StepLR: x decay_factor every decay_every_epochs
+    return optax.exponential_decay(
+        init_value=base_lr, transition_steps=config.lr_decay_every_epochs * steps_per_epoch,
+        decay_rate=config.lr_decay_factor, staircase=True)
+  if config.lr_schedule == 'cosine':
+    total_steps = config.num_epochs * steps_per_epoch
+    warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps, decay_steps=total_steps)
+  raise FerJaxError(f'config.lr_schedule={config.lr_schedule!r} is not a schedule; use one of '
+                    f'{", ".join(SCHEDULES)}.')
 
 
 def create_learning_rate_fns(config: ml_collections.ConfigDict,
@@ -39,9 +55,14 @@ def create_learning_rate_fns(config: ml_collections.ConfigDict,
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate_fns: dict[str, Callable]) -> optax.GradientTransformation:
-  def adam_l2(schedule: optax.Schedule) -> optax.GradientTransformation:
-    return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                       optax.scale_by_adam(),
+  if config.optimizer not in OPTIMIZERS:
+    raise FerJaxError(f'config.optimizer={config.optimizer!r} is not an optimiser; use one of '
+                      f'{", ".join(OPTIMIZERS)}.')
+
+  def with_l2(schedule: optax.Schedule) -> optax.GradientTransformation:
+    moments = (optax.scale_by_adam() if config.optimizer == 'adam' else
+               optax.trace(decay=config.momentum, nesterov=config.nesterov))
+    return optax.chain(optax.add_decayed_weights(config.weight_decay), moments,
                        optax.scale_by_learning_rate(schedule))
-  return optax.multi_transform({group: adam_l2(learning_rate_fns[group]) for group in GROUPS},
+  return optax.multi_transform({group: with_l2(learning_rate_fns[group]) for group in GROUPS},
                                param_labels)

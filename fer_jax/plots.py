@@ -44,3 +44,41 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str,
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def study_curves(histories: dict[str, Sequence[dict[str, Any]]], path: str) -> None:
+  """Validation accuracy per epoch, one line per trial."""
+  fig, axis = plt.subplots(figsize=(9, 5))
+  for name, history in histories.items():
+    axis.plot([h['epoch'] for h in history], [h['eval_accuracy'] for h in history], 'o-',
+              markersize=3, label=name)
+  axis.set_xlabel('epoch')
+  axis.set_ylabel('validation accuracy')
+  axis.grid(alpha=0.3)
+  if histories:
+    axis.legend(fontsize=7, loc='best')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def metric_against(field: str, values: Sequence[Any], scores: Sequence[float], metric: str,
+                   path: str) -> None:
+  """One point per trial; numbers on a (log, when they span 10x) axis, anything else by category."""
+  fig, axis = plt.subplots(figsize=(6, 4))
+  numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+  if numeric and values:
+    axis.plot(values, scores, 'o')
+    positive = [v for v in values if v > 0]
+    if len(positive) == len(values) and max(positive) >= 10 * min(positive):
+      axis.set_xscale('log')
+  else:
+    categories = list(dict.fromkeys(map(str, values)))
+    axis.plot([categories.index(str(v)) for v in values], scores, 'o')
+    axis.set_xticks(range(len(categories)), categories, rotation=20, ha='right')
+  axis.set_xlabel(field)
+  axis.set_ylabel(metric)
+  axis.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -37,12 +37,15 @@ def create_train_state(rng: jax.Array, model: flax.linen.Module,
                            batch_stats=variables['batch_stats'], tx=tx, rng=state_key)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array],
-               augment_fn: augment.AugmentFn) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: dict[str, jax.Array], augment_fn: augment.AugmentFn,
+               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a batch of uint8 faces; returns summed metrics for the epoch."""
   augment_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
   images = augment_fn(batch['image'], augment_key, state.step)
@@ -51,7 +54,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, images,
                                      train=True, rngs={'dropout': dropout_key},
                                      mutable=['batch_stats'])
-    return cross_entropy(logits, batch['label']).mean(), (logits, updates['batch_stats'])
+    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
+    return loss, (logits, updates['batch_stats'])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
@@ -134,10 +138,29 @@ def checkpoint_meta(config: ml_collections.ConfigDict, epoch: int, stopper: Earl
           'label_map': {str(k): v for k, v in LABEL_MAP.items()}}
 
 
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """The checks that need no data, so a bad config (or study) fails before any work starts."""
+  augment.validate(config.augment)
+  if config.model.name not in models.MODELS:
+    raise FerJaxError(f'config.model.name={config.model.name!r} is not a model; use one of '
+                      f'{", ".join(models.MODELS)}.')
+  lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch=1)
+  optim.create_optimizer(config, lr_fns)
+  for field in ('batch_size', 'eval_batch_size', 'num_epochs'):
+    if config[field] < 1:
+      raise FerJaxError(f'config.{field}={config[field]} must be at least 1.')
+  if not 0.0 <= config.model.dropout_rate < 1.0:
+    raise FerJaxError(f'config.model.dropout_rate={config.model.dropout_rate} is out of range; '
+                      'set it in [0, 1).')
+  if not 0.0 <= config.label_smoothing < 1.0:
+    raise FerJaxError(f'config.label_smoothing={config.label_smoothing} is out of range; '
+                      'set it in [0, 1).')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains config's model, evaluating and checkpointing every epoch; resumes from workdir."""
+  validate_config(config)  # a bad config fails before minutes of data preparation
   os.makedirs(workdir, exist_ok=True)
-  augment.validate(config.augment)  # a bad config fails before minutes of data preparation
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh, 'config.batch_size')
   parallel.check_divisible(config.eval_batch_size, mesh, 'config.eval_batch_size')
@@ -175,7 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = parallel.replicate(state, mesh)
 
   augment_fn = augment.make_train_augment(config.augment, steps_per_epoch)
-  p_train_step = parallel.data_parallel(functools.partial(train_step, augment_fn=augment_fn), mesh)
+  p_train_step = parallel.data_parallel(functools.partial(
+      train_step, augment_fn=augment_fn, label_smoothing=config.label_smoothing), mesh)
   p_eval_step = parallel.data_parallel(eval_step, mesh, donate_state=False)
 
   for epoch in range(start_epoch, config.num_epochs + 1):

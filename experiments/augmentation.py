@@ -1,0 +1,23 @@
+"""Study 2: augmentation ablation: none / flip only / the seed's 11 steps / 11 steps ramped in.
+
+    python -m fer_jax.study experiments/augmentation.py --workdir runs/study_augmentation
+
+Base: configs/study_subset.py (3,072 Training faces, PublicTest, 6 epochs, both groups at 1e-3).
+"Progressive" ramps every magnitude from 0 at epoch 1 to full strength at the last epoch.
+"""
+from configs import study_subset
+
+ALL_STEPS = 'flip,rotate,affine,perspective,contrast,brightness,sharpness,clahe,noise'
+
+
+def get_config():
+  return study_subset.get_config()
+
+
+def get_study():
+  return {'points': [{'augment.steps': ''},
+                     {'augment.steps': 'flip'},
+                     {'augment.steps': ALL_STEPS},
+                     {'augment.steps': ALL_STEPS, 'augment.strength_start': 0.0,
+                      'augment.ramp_epochs': 5}],
+          'seeds': [0], 'metric': 'best_eval_accuracy'}
