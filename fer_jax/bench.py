@@ -1,17 +1,23 @@
-"""Throughput of the train step and of inference, beside the seed's PyTorch step in the same run.
+"""fer_jax beside the seed's PyTorch code, measured in one run on the same faces.
 
-    python -m fer_jax.bench --batch_sizes=64 --torch_reference=../shared/bench/torch_reference.py
+    python -m fer_jax.bench --data ../shared/data/fer2013/fer2013.csv.gz \\
+        --torch_dir=../shared/bench --json_out=bench.json
 
-Prints a markdown table of images/s (and the fer_jax / PyTorch ratio when PyTorch is installed) and
-writes the same as JSON. Absolute figures move 10-15 % between runs on a shared CPU; compare the
-ratios from one run.
+Rows: the train step (batch 32, 64, 256), inference (64, 512), the augmentation pipeline alone and
+a training epoch with the 11-step augmentation at batch 32, each with PyTorch's figure from
+`torch_reference.py` / `torch_seed_pipeline.py` (run as subprocesses when torch is installed) and
+the ratio. Memory: XLA's analysis of each compiled function, and the peak RSS of this process and
+of the PyTorch processes. `--epoch_fractions=0.25,0.5,1` adds epoch time against the number of
+faces; `--steps_per_call=1,8` compares steps per compiled call. Absolute figures move 10-15 %
+between runs on a shared CPU; compare the ratios from one run.
 """
-import functools
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
+from typing import Any, Callable
 
 from absl import app, flags
 
@@ -20,78 +26,171 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Defined only when run as a program, so importing this module has no side effects."""
-  flags.DEFINE_list('batch_sizes', ['64'], 'Batch sizes to time.')
-  flags.DEFINE_integer('steps', 15, 'Timed steps per measurement (after 3 warm-up steps).')
-  flags.DEFINE_string('torch_reference', '', 'Path of torch_reference.py; empty = skip PyTorch.')
-  flags.DEFINE_string('json_out', '', 'Where to write the figures as JSON (default: print only).')
+  flags.DEFINE_string('data', '', 'A FER2013 CSV whose Training faces to use; empty = generated.')
+  flags.DEFINE_list('train_batch_sizes', ['32', '64', '256'], 'Train-step batch sizes.')
+  flags.DEFINE_list('infer_batch_sizes', ['64', '512'], 'Inference batch sizes.')
+  flags.DEFINE_integer('steps', 15, 'Timed calls per step measurement (after warm-up calls).')
+  flags.DEFINE_integer('epoch_faces', 0, 'Faces in the timed epoch; 0 = all the Training faces.')
+  flags.DEFINE_list('epoch_fractions', ['1'], 'Fractions of epoch_faces to time an epoch on.')
+  flags.DEFINE_list('steps_per_call', ['1'], 'config.steps_per_call values to time the epoch with.')
+  flags.DEFINE_string('torch_dir', '', 'Folder with torch_reference.py and torch_seed_pipeline.py; '
+                      'empty = no PyTorch rows.')
+  flags.DEFINE_integer('torch_batches', 40, 'Batches torch_seed_pipeline.py times.')
+  flags.DEFINE_string('json_out', '', 'Where to write the figures as JSON.')
   flags.DEFINE_bool('fast_cpu', True, 'Use the YNNPACK-for-dots-only XLA flag (fer_jax.parallel).')
 
 
-def _images_per_second(fn, batch_size: int, steps: int) -> float:
+def images_per_second(fn: Callable[[], Any], images_per_call: int, calls: int, warmup: int = 2) -> float:
   import jax
-  for _ in range(3):
+  for _ in range(warmup):
     jax.block_until_ready(fn())
   start = time.perf_counter()
-  for _ in range(steps):
+  for _ in range(calls):
     jax.block_until_ready(fn())
-  return steps * batch_size / (time.perf_counter() - start)
+  return calls * images_per_call / (time.perf_counter() - start)
 
 
-def bench_fer_jax(batch_size: int, steps: int) -> dict[str, float]:
-  import jax
-  import jax.numpy as jnp
+def xla_memory_mb(jitted: Any, *args: Any) -> dict[str, float]:
+  """XLA's memory analysis of the compiled function: arguments, outputs and scratch, in MiB."""
+  analysis = jitted.lower(*args).compile().memory_analysis()
+  mib = lambda n: round(n / 2**20, 1)
+  return {'arguments_mb': mib(analysis.argument_size_in_bytes),
+          'outputs_mb': mib(analysis.output_size_in_bytes),
+          'temp_mb': mib(analysis.temp_size_in_bytes),
+          'total_mb': mib(analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
+                          analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)}
+
+
+def load_faces(path: str, minimum: int) -> tuple[Any, Any, str]:
   import numpy as np
-  from configs import enhanced
-  from fer_jax import augment, models, optim, train
-
-  config = enhanced.get_config()
-  model = models.create_model(config.model)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fns(config, 100))
-  holder = {'state': train.create_train_state(jax.random.PRNGKey(0), model, tx)}
-  rng = np.random.default_rng(0)
-  batch = jax.device_put({'image': rng.integers(0, 256, (batch_size, 48, 48, 1), dtype=np.uint8),
-                          'label': rng.integers(0, 7, batch_size).astype(np.int32)})
-  step = jax.jit(functools.partial(train.train_step,
-                                   augment_fn=augment.make_train_augment(config.augment, 100)),
-                 donate_argnums=0)
-
-  def train_once():
-    holder['state'], sums = step(holder['state'], batch)
-    return sums
-  train_ips = _images_per_second(train_once, batch_size, steps)
-  state = holder['state']
-  infer = jax.jit(lambda variables, images: model.apply(variables, augment.normalize(images)))
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  infer_ips = _images_per_second(lambda: infer(variables, batch['image']), batch_size, steps)
-  augment_fn = jax.jit(augment.make_train_augment(config.augment, 100))
-  keys = iter(range(1_000_000))
-  augment_ips = _images_per_second(
-      lambda: augment_fn(batch['image'], jax.random.key(next(keys)), jnp.int32(0)), batch_size, steps)
-  # The Predictor as a user calls it: host arrays in, probabilities out, compiled once.
-  from fer_jax.predict import Predictor
-  predictor = Predictor(config.model.to_dict(), jax.device_get(variables), batch_size=batch_size)
-  faces = np.asarray(batch['image'])
-  predictor.probabilities(faces[:1])
-  start, repeats = time.perf_counter(), 3 * steps
-  for i in range(repeats):
-    predictor.probabilities(faces[i % batch_size:i % batch_size + 1])
-  single_ms = (time.perf_counter() - start) / repeats * 1000
-  predictor_ips = _images_per_second(lambda: predictor.probabilities(faces), batch_size, steps)
-  return {'train_images_per_s': train_ips, 'eval_images_per_s': infer_ips,
-          'augment_images_per_s': augment_ips, 'predictor_images_per_s': predictor_ips,
-          'predictor_single_image_ms': single_ms}
+  from fer_jax import data
+  if path:
+    from fer_jax.data.csv import read_fer2013_csv
+    images, labels = read_fer2013_csv(path)['Training']
+    return images, labels, f'{len(images)} Training faces of {path}'
+  images, labels = data.generated_faces(max(minimum, 512), seed=0)
+  return images, labels.astype(np.int32), f'{len(images)} generated faces'
 
 
-def bench_torch(script: str, batch_size: int, steps: int) -> dict[str, float] | None:
+class FerJaxBench:
+  """Everything timed on fer_jax's side, built from configs/enhanced.py (the seed's recipe)."""
+
+  def __init__(self, images, labels):
+    import jax
+    from configs import enhanced
+    from fer_jax import models, optim, parallel, train
+    self.images, self.labels = images, labels
+    self.config = enhanced.get_config()
+    self.mesh = parallel.make_mesh()
+    self.model = models.create_model(self.config.model)
+    self.tx = optim.create_optimizer(self.config, optim.create_learning_rate_fns(self.config, 100))
+    self.initial = jax.device_get(train.create_train_state(jax.random.PRNGKey(0), self.model, self.tx))
+
+  def _state(self):
+    from fer_jax import parallel
+    return parallel.replicate(self.initial, self.mesh)
+
+  def train_step(self, batch_size: int, steps: int) -> dict[str, Any]:
+    """The step alone (augmentation included) on one batch already on the device."""
+    from fer_jax import parallel, train
+    fns = train.make_train_functions(self.config, self.mesh, steps_per_epoch=100)
+    split = parallel.replicate({'image': self.images[:batch_size], 'label': self.labels[:batch_size]},
+                               self.mesh)
+    import jax.numpy as jnp
+    indices = jnp.arange(batch_size, dtype=jnp.int32)[None]
+    holder = {'state': self._state()}
+    memory = xla_memory_mb(fns[0], holder['state'], split, indices)
+
+    def once():
+      holder['state'], sums = fns[0](holder['state'], split, indices)
+      return sums
+    return {'images_per_s': images_per_second(once, batch_size, steps), **memory}
+
+  def inference(self, batch_size: int, steps: int) -> dict[str, Any]:
+    import jax
+    from fer_jax import augment
+    variables = {'params': self.initial.params, 'batch_stats': self.initial.batch_stats}
+    infer = jax.jit(lambda v, x: self.model.apply(v, augment.normalize(x), train=False))
+    faces = jax.device_put(self.images[:batch_size])
+    memory = xla_memory_mb(infer, variables, faces)
+    return {'images_per_s': images_per_second(lambda: infer(variables, faces), batch_size, steps),
+            **memory}
+
+  def augmentation(self, batch_size: int, steps: int) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    from fer_jax import augment
+    augment_fn = jax.jit(augment.make_train_augment(self.config.augment, 100))
+    faces = jax.device_put(self.images[:batch_size])
+    keys = iter(range(1_000_000))
+    return {'images_per_s': images_per_second(
+        lambda: augment_fn(faces, jax.random.key(next(keys)), jnp.int32(0)), batch_size, steps)}
+
+  def predictor(self, steps: int) -> dict[str, Any]:
+    """The Predictor as a user calls it: host arrays in, probabilities out, compiled once."""
+    from fer_jax.predict import Predictor
+    predictor = Predictor(self.config.model.to_dict(),
+                          {'params': self.initial.params, 'batch_stats': self.initial.batch_stats})
+    faces = self.images[:predictor.batch_size]
+    predictor.probabilities(faces[:1])
+    start = time.perf_counter()
+    for i in range(3 * steps):
+      predictor.probabilities(faces[i:i + 1])
+    single_ms = (time.perf_counter() - start) / (3 * steps) * 1000
+    return {'single_face_ms': round(single_ms, 2), 'batch_size': predictor.batch_size,
+            'images_per_s': images_per_second(lambda: predictor.probabilities(faces),
+                                              len(faces), steps)}
+
+  def epoch(self, num_faces: int, steps_per_call: int) -> dict[str, Any]:
+    """One epoch as train_and_evaluate runs it: the split on the device, the order drawn there,
+    the 11 steps and the train step, steps_per_call steps per call; compilation timed apart."""
+    import jax
+    from fer_jax import parallel, train
+    config = self.config.copy_and_resolve_references()
+    config.steps_per_call = steps_per_call
+    batch_size = config.batch_size
+    steps_per_epoch = num_faces // batch_size
+    p_train_steps, p_epoch_batches = train.make_train_functions(config, self.mesh, steps_per_epoch)
+    split = parallel.replicate({'image': self.images[:num_faces], 'label': self.labels[:num_faces]},
+                               self.mesh)
+    state = self._state()
+    start = time.perf_counter()
+    indices = p_epoch_batches(config.seed, 1, num_faces, batch_size)
+    compiled = p_train_steps.lower(state, split, indices[:steps_per_call]).compile()
+    compile_seconds = time.perf_counter() - start
+    state, _ = compiled(state, split, indices[:steps_per_call])  # warm-up call
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for first in range(0, steps_per_epoch - steps_per_call + 1, steps_per_call):
+      state, sums = compiled(state, split, indices[first:first + steps_per_call])
+    jax.block_until_ready(sums)
+    seconds = time.perf_counter() - start
+    timed = (steps_per_epoch // steps_per_call) * steps_per_call * batch_size
+    return {'faces': num_faces, 'steps_per_call': steps_per_call, 'seconds': round(seconds, 2),
+            'compile_seconds': round(compile_seconds, 2), 'images_per_s': timed / seconds}
+
+
+def run_torch(script: str, args: list[str]) -> dict[str, Any] | None:
+  """One PyTorch script as a subprocess; its JSON line plus the peak RSS of PyTorch's processes."""
   try:
     import torch  # noqa: F401
   except ImportError:
     return None
   script = os.path.abspath(script)
-  out = subprocess.run([sys.executable, script, '--batch-size', str(batch_size), '--steps',
-                        str(steps)], capture_output=True, text=True, check=True,
-                       cwd=os.path.dirname(os.path.abspath(script)))
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  result = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(script))
+  if result.returncode:
+    raise SystemExit(f'error: {script} failed: {result.stderr.strip().splitlines()[-1]}')
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  figures['peak_rss_mb_all_children'] = round(
+      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+  return figures
+
+
+def _row(name: str, batch: Any, ours: float, theirs: float | None, memory: str = '') -> str:
+  ratio = f'{ours / theirs:.2f}x' if theirs else 'n/a'
+  shown = f'{theirs:.1f}' if theirs else 'n/a'
+  return f'| {name} | {batch} | {ours:.1f} | {shown} | {ratio} | {memory} |'
 
 
 def main(argv: list[str]) -> None:
@@ -99,30 +198,61 @@ def main(argv: list[str]) -> None:
   from fer_jax import parallel
   parallel.configure_cpu_backend(FLAGS.fast_cpu)
   import jax
-  rows = []
-  for batch_size in map(int, FLAGS.batch_sizes):
-    figures = {'batch_size': batch_size, 'jax': jax.__version__,
-               'xla_flags': os.environ.get('XLA_FLAGS', ''), 'fer_jax': bench_fer_jax(batch_size, FLAGS.steps)}
-    if FLAGS.torch_reference:
-      figures['pytorch'] = bench_torch(FLAGS.torch_reference, batch_size, FLAGS.steps)
-    rows.append(figures)
-  print('| batch | measurement | fer_jax img/s | PyTorch img/s | ratio |')
-  print('|---:|---|---:|---:|---:|')
-  for figures in rows:
-    for key, name in (('train_images_per_s', 'train step'), ('eval_images_per_s', 'inference')):
-      ours = figures['fer_jax'][key]
-      theirs = (figures.get('pytorch') or {}).get(key)
-      ratio = f'{ours / theirs:.2f}x' if theirs else 'n/a'
-      print(f"| {figures['batch_size']} | {name} | {ours:.1f} | {theirs if theirs else 'n/a'} | {ratio} |")
-  for figures in rows:
-    ours = figures['fer_jax']
-    print(f"batch {figures['batch_size']}: augmentation (11 steps) {ours['augment_images_per_s']:.0f} "
-          f"img/s = {ours['augment_images_per_s'] / ours['train_images_per_s']:.1f}x the train step; "
-          f"Predictor {ours['predictor_images_per_s']:.0f} img/s batched, "
-          f"{ours['predictor_single_image_ms']:.1f} ms for one face")
+  train_sizes = [int(b) for b in FLAGS.train_batch_sizes]
+  infer_sizes = [int(b) for b in FLAGS.infer_batch_sizes]
+  images, labels, source = load_faces(FLAGS.data, max(train_sizes + infer_sizes))
+  epoch_faces = FLAGS.epoch_faces or len(images)
+  bench = FerJaxBench(images, labels)
+  report: dict[str, Any] = {'jax': jax.__version__, 'devices': str(jax.devices()),
+                            'xla_flags': os.environ.get('XLA_FLAGS', ''), 'faces': source}
+  report['train_step'] = {b: bench.train_step(b, FLAGS.steps) for b in train_sizes}
+  report['inference'] = {b: bench.inference(b, FLAGS.steps) for b in infer_sizes}
+  report['augmentation'] = bench.augmentation(32, FLAGS.steps)
+  report['predictor'] = bench.predictor(FLAGS.steps)
+  report['epoch'] = [bench.epoch(int(float(f) * epoch_faces), int(k))
+                     for f in FLAGS.epoch_fractions for k in FLAGS.steps_per_call]
+  report['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+  torch_figures: dict[str, Any] = {}
+  if FLAGS.torch_dir:
+    reference = os.path.join(FLAGS.torch_dir, 'torch_reference.py')
+    for b in sorted(set(train_sizes + infer_sizes)):
+      torch_figures[b] = run_torch(reference, ['--batch-size', str(b), '--steps', str(FLAGS.steps)])
+    if FLAGS.data:
+      torch_figures['pipeline'] = run_torch(
+          os.path.join(FLAGS.torch_dir, 'torch_seed_pipeline.py'),
+          ['--data', os.path.abspath(FLAGS.data), '--batches', str(FLAGS.torch_batches)])
+  report['pytorch'] = torch_figures
+
+  def theirs(key: Any, field: str) -> float | None:
+    return (torch_figures.get(key) or {}).get(field)
+  lines = [f'fer_jax on {source}; JAX {jax.__version__}; XLA_FLAGS={report["xla_flags"]!r}', '',
+           '| measurement | batch | fer_jax img/s | PyTorch img/s | ratio | fer_jax XLA memory |',
+           '|---|---:|---:|---:|---:|---|']
+  for b, figures in report['train_step'].items():
+    lines.append(_row('train step', b, figures['images_per_s'], theirs(b, 'train_images_per_s'),
+                      f"{figures['total_mb']} MiB ({figures['temp_mb']} scratch)"))
+  for b, figures in report['inference'].items():
+    lines.append(_row('inference', b, figures['images_per_s'], theirs(b, 'eval_images_per_s'),
+                      f"{figures['total_mb']} MiB ({figures['temp_mb']} scratch)"))
+  lines.append(_row('augmentation, 11 steps', 32, report['augmentation']['images_per_s'],
+                    theirs('pipeline', 'augment_images_per_s')))
+  for figures in report['epoch']:
+    lines.append(_row(f"epoch with augmentation ({figures['faces']} faces, "
+                      f"{figures['steps_per_call']} steps/call)", 32, figures['images_per_s'],
+                      theirs('pipeline', 'epoch_images_per_s'),
+                      f"{figures['seconds']} s + {figures['compile_seconds']} s compile"))
+  predictor = report['predictor']
+  lines.append(_row('Predictor.probabilities (host in/out)', predictor['batch_size'],
+                    predictor['images_per_s'], None, f"{predictor['single_face_ms']} ms for one face"))
+  step32 = report['train_step'].get(32, next(iter(report['train_step'].values())))
+  lines += ['', f"augmentation / train step: {report['augmentation']['images_per_s'] / step32['images_per_s']:.1f}x; "
+            f"peak RSS: fer_jax {report['peak_rss_mb']} MiB, PyTorch "
+            f"{max((f or {}).get('peak_rss_mb_all_children', 0) for f in torch_figures.values()) if torch_figures else 'n/a'} MiB"]
+  print('\n'.join(lines))
   if FLAGS.json_out:
     with open(FLAGS.json_out, 'w') as f:
-      json.dump(rows, f, indent=2)
+      json.dump(report, f, indent=2, default=str)
 
 
 if __name__ == '__main__':

@@ -112,6 +112,10 @@ def define_flags() -> None:
   flags.DEFINE_string('data', None, 'FER2013 CSV (.csv / .csv.gz) or image-folder root.')
   flags.DEFINE_string('split', 'test', 'train (Training), validation (PublicTest) or test (PrivateTest).')
   flags.DEFINE_list('tta', ['none', 'flip'], 'Test-time augmentation variants: none, flip, ten_crop.')
+  flags.DEFINE_integer('recalibrate_bn', 0, 'Re-measure BatchNorm statistics on this many clean '
+                       'Training faces first (fer_jax.batchnorm); 0 = use the checkpoint\'s.')
+  flags.DEFINE_string('recalibration_data', None, 'Where those Training faces come from; '
+                      'default --data.')
 
 
 def main(argv: list[str]) -> None:
@@ -123,6 +127,9 @@ def main(argv: list[str]) -> None:
   try:
     faces, labels = load_eval_data(FLAGS.data, FLAGS.split)
     predictor = Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint)
+    if FLAGS.recalibrate_bn:
+      train_faces, _ = load_eval_data(FLAGS.recalibration_data or FLAGS.data, 'train')
+      predictor.recalibrate_batch_stats(train_faces[:FLAGS.recalibrate_bn])
     reports = evaluate(predictor, faces, labels, FLAGS.tta)
   except FerJaxError as e:
     sys.exit(f'error: {e}')
@@ -131,7 +138,8 @@ def main(argv: list[str]) -> None:
   path = os.path.join(FLAGS.workdir, f'eval_{FLAGS.split}.json')
   with open(path, 'w') as f:
     json.dump({'data': os.path.abspath(FLAGS.data), 'split': FLAGS.split,
-               'checkpoint': FLAGS.checkpoint, 'reports': reports}, f, indent=2)
+               'checkpoint': FLAGS.checkpoint, 'recalibrate_bn': FLAGS.recalibrate_bn,
+               'reports': reports}, f, indent=2)
   first = next(iter(reports))
   png = os.path.join(FLAGS.workdir, f'confusion_{FLAGS.split}.png')
   plots.confusion_matrix(np.array(reports[first]['confusion_matrix']), predictor.labels, png,

@@ -34,7 +34,8 @@ class Predictor:
 
   def __init__(self, model_config: dict[str, Any], variables: dict[str, Any],
                label_map: dict[str, str] | None = None, batch_size: int = 64):
-    self.model = models.create_model(ml_collections.ConfigDict(model_config))
+    self.model_config = ml_collections.ConfigDict(model_config)
+    self.model = models.create_model(self.model_config)
     self.variables = jax.device_put(variables)
     self.labels = [label_map[str(i)] for i in range(len(label_map))] if label_map else list(EMOTIONS)
     self.batch_size = batch_size
@@ -46,6 +47,17 @@ class Predictor:
   def from_workdir(cls, workdir: str, checkpoint: str = BEST, **kwargs) -> 'Predictor':
     variables, meta = load_for_inference(workdir, checkpoint)
     return cls(meta['model_config'], variables, meta.get('label_map'), **kwargs)
+
+  def recalibrate_batch_stats(self, faces: np.ndarray, batch_size: int = 256) -> None:
+    """Replaces the BatchNorm statistics by those of these clean faces (fer_jax.batchnorm)."""
+    from fer_jax import batchnorm
+    faces = np.asarray(faces, np.uint8).reshape(-1, 48, 48, 1)
+    batch_size = min(batch_size, len(faces))
+    if batch_size < 1:
+      raise FerJaxError('recalibrating BatchNorm needs at least one face; pass some Training faces.')
+    stats = jax.jit(lambda v, f: batchnorm.recalibrate(self.model_config, v, f, batch_size))(
+        self.variables, jnp.asarray(faces))
+    self.variables = {**self.variables, 'batch_stats': stats}
 
   def _forward(self, variables, faces: jax.Array) -> jax.Array:
     logits = self.model.apply(variables, augment.normalize(faces), train=False)

@@ -1,7 +1,9 @@
 """The one training loop: TrainState, train_step, eval_step and train_and_evaluate(config, workdir).
 
 Randomness is a function of (seed, step) and (seed, epoch) only, so a run resumed from its latest
-checkpoint draws the same batches, flips and dropout masks as one that never stopped.
+checkpoint draws the same batches, flips and dropout masks as one that never stopped. The training
+split lives on the device; each epoch's order is drawn there and `config.steps_per_call` steps run
+per compiled call (lax.scan), so batch 32 on an accelerator is not bound by dispatch or the host.
 """
 import dataclasses
 import functools
@@ -19,7 +21,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from fer_jax import LABEL_MAP, FerJaxError, augment, data, metrics, models, optim, parallel, plots
+from fer_jax import (LABEL_MAP, FerJaxError, augment, batchnorm, data, metrics, models, optim,
+                     parallel, plots)
 from fer_jax.checkpoint import BEST, LATEST, Checkpoints
 
 
@@ -75,8 +78,40 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
           'count': jnp.sum(mask)}
 
 
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+def train_steps(state: TrainState, split_arrays: dict[str, jax.Array], batch_indices: jax.Array,
+                step_fn: Callable, batch_sharding: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """len(batch_indices) train steps in one call (lax.scan): each batch is gathered from the
+  device-resident split, so a step costs no host transfer and k steps one dispatch."""
+  def body(state, index):
+    batch = {'image': split_arrays['image'][index], 'label': split_arrays['label'][index]}
+    if batch_sharding is not None:  # each device augments and steps on its slice of the batch
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return step_fn(state, batch)
+  state, sums = jax.lax.scan(body, state, batch_indices)
+  return state, jax.tree_util.tree_map(lambda x: x.sum(0), sums)
+
+
+def epoch_batches(seed: int, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
+  """(steps, batch_size) example indices: a permutation drawn on the device from (seed, epoch)."""
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
+  steps = num_examples // batch_size
+  return jax.random.permutation(key, num_examples)[:steps * batch_size].reshape(steps, batch_size)
+
+
+def make_train_functions(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                         steps_per_epoch: int) -> tuple[Callable, Callable]:
+  """The compiled pieces of an epoch, shared by train_and_evaluate and the benchmark:
+  p_train_steps(state, split_arrays, batch_indices) and p_epoch_batches(seed, epoch, n, batch)."""
+  augment_fn = augment.make_train_augment(config.augment, steps_per_epoch)
+  step_fn = functools.partial(train_step, augment_fn=augment_fn,
+                              label_smoothing=config.label_smoothing)
+  p_train_steps = jax.jit(
+      functools.partial(train_steps, step_fn=step_fn, batch_sharding=parallel.batch_sharded(mesh)),
+      in_shardings=parallel.replicated(mesh), out_shardings=parallel.replicated(mesh),
+      donate_argnums=0)
+  p_epoch_batches = jax.jit(epoch_batches, static_argnums=(0, 2, 3),
+                            out_shardings=parallel.replicated(mesh))
+  return p_train_steps, p_epoch_batches
 
 
 def padded_batches(split: data.Split, batch_size: int):
@@ -146,9 +181,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f'{", ".join(models.MODELS)}.')
   lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch=1)
   optim.create_optimizer(config, lr_fns)
-  for field in ('batch_size', 'eval_batch_size', 'num_epochs'):
+  for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'steps_per_call'):
     if config[field] < 1:
       raise FerJaxError(f'config.{field}={config[field]} must be at least 1.')
+  if config.bn_recalibration_faces < 0:
+    raise FerJaxError(f'config.bn_recalibration_faces={config.bn_recalibration_faces} is negative; '
+                      'use 0 (keep the running averages) or a number of faces.')
   if not 0.0 <= config.model.dropout_rate < 1.0:
     raise FerJaxError(f'config.model.dropout_rate={config.model.dropout_rate} is out of range; '
                       'set it in [0, 1).')
@@ -197,10 +235,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   metrics.write_history(workdir, history)
   state = parallel.replicate(state, mesh)
 
-  augment_fn = augment.make_train_augment(config.augment, steps_per_epoch)
-  p_train_step = parallel.data_parallel(functools.partial(
-      train_step, augment_fn=augment_fn, label_smoothing=config.label_smoothing), mesh)
+  p_train_steps, p_epoch_batches = make_train_functions(config, mesh, steps_per_epoch)
+  split_arrays = parallel.replicate({'image': train_split.images, 'label': train_split.labels}, mesh)
   p_eval_step = parallel.data_parallel(eval_step, mesh, donate_state=False)
+  # Evaluation statistics re-measured on clean faces after every epoch (fer_jax.batchnorm).
+  recalibration_faces = min(config.bn_recalibration_faces, len(train_split))
+  recalibration_batch = min(config.eval_batch_size, recalibration_faces) or 1
+  p_recalibrate = jax.jit(
+      lambda params, stats: batchnorm.recalibrate(
+          config.model, {'params': params, 'batch_stats': stats},
+          split_arrays['image'][:recalibration_faces], recalibration_batch),
+      out_shardings=parallel.replicated(mesh))
 
   for epoch in range(start_epoch, config.num_epochs + 1):
     if stopper.should_stop:
@@ -208,23 +253,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                    stopper.epochs_without_improvement, stopper.best_accuracy, stopper.best_epoch)
       break
     epoch_start = time.perf_counter()
-    order = epoch_permutation(len(train_split), config.seed, epoch)
+    batch_indices = p_epoch_batches(config.seed, epoch, len(train_split), config.batch_size)
     bar = metrics.ProgressBar(steps_per_epoch, f'epoch {epoch}', config.progress_bar)
-    sums = None
-    for step in range(steps_per_epoch):
-      index = order[step * config.batch_size:(step + 1) * config.batch_size]
-      batch = parallel.shard_batch(
-          {'image': train_split.images[index], 'label': train_split.labels[index]}, mesh)
-      state, step_sums = p_train_step(state, batch)
-      sums = step_sums if sums is None else jax.tree_util.tree_map(jnp.add, sums, step_sums)
-      if (step + 1) % config.log_every_steps == 0 or step + 1 == steps_per_epoch:
-        bar.update(step + 1, f'loss {float(sums["loss_sum"]) / float(sums["count"]):.4f}')
+    sums, next_log = None, config.log_every_steps
+    for start in range(0, steps_per_epoch, config.steps_per_call):
+      stop = min(start + config.steps_per_call, steps_per_epoch)
+      state, call_sums = p_train_steps(state, split_arrays, batch_indices[start:stop])
+      sums = call_sums if sums is None else jax.tree_util.tree_map(jnp.add, sums, call_sums)
+      if stop >= next_log or stop == steps_per_epoch:
+        next_log = stop + config.log_every_steps
+        bar.update(stop, f'loss {float(sums["loss_sum"]) / float(sums["count"]):.4f}')
     bar.close()
     train_loss, train_accuracy = summarize(sums)
     if not np.isfinite(train_loss):
       raise FerJaxError(f'training diverged: the train loss is {train_loss} in epoch {epoch}; lower '
                         'config.head_lr / config.backbone_lr or check the data.')
     train_seconds = time.perf_counter() - epoch_start
+    if recalibration_faces:
+      state = state.replace(batch_stats=p_recalibrate(state.params, state.batch_stats))
     eval_loss, eval_accuracy = evaluate(state, eval_split, config.eval_batch_size, p_eval_step)
     step_now = int(state.step)
     record = {'epoch': epoch, 'step': step_now, 'train_loss': train_loss,

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import enhanced, smoke
-from fer_jax import FerJaxError, models, optim, train
+from fer_jax import FerJaxError, augment, models, optim, train
 from fer_jax.checkpoint import BEST, LATEST, Checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +47,90 @@ def test_learning_rate_halves_every_8_epochs():
   assert float(fns['head'](799)) == pytest.approx(1e-3)
   assert float(fns['head'](800)) == pytest.approx(5e-4)
   assert float(fns['backbone'](1600)) == pytest.approx(2.5e-6)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+  config = enhanced.get_config()
+  config.lr_schedule, config.warmup_epochs, config.num_epochs = 'cosine', 1.0, 5
+  head = optim.create_learning_rate_fns(config, steps_per_epoch=100)['head']
+  assert float(head(0)) == 0.0
+  assert float(head(50)) == pytest.approx(5e-4)
+  assert float(head(100)) == pytest.approx(1e-3)
+  assert float(head(300)) == pytest.approx(5e-4)   # half-way through the 400 decay steps
+  assert float(head(500)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sgd_with_nesterov_momentum_and_coupled_l2():
+  """Two steps by hand: v = m v + g', update = -lr (g' + m v) with g' = g + wd w (PyTorch SGD)."""
+  config = enhanced.get_config()
+  config.optimizer, config.weight_decay = 'sgd', 0.01
+  tx = optim.create_optimizer(config, {'backbone': lambda _: 0.1, 'head': lambda _: 0.1})
+  params = {'backbone': {'w': np.array([1.0, -2.0], np.float32)},
+            'head': {'w': np.array([0.5], np.float32)}}
+  grads = {'backbone': {'w': np.array([0.3, 0.1], np.float32)},
+           'head': {'w': np.array([-0.2], np.float32)}}
+  opt_state = tx.init(params)
+  w, velocity = params['backbone']['w'].astype(np.float64), 0.0
+  for _ in range(2):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = jax.tree_util.tree_map(lambda p, u: p + u, params, updates)
+    g = grads['backbone']['w'] + 0.01 * w
+    velocity = 0.9 * velocity + g
+    w = w - 0.1 * (g + 0.9 * velocity)
+    np.testing.assert_allclose(params['backbone']['w'], w, rtol=1e-6)
+
+
+def test_label_smoothing_moves_the_target_off_one_hot():
+  logits = np.array([[2.0, 0.0, -1.0]], np.float32)
+  labels = np.array([0])
+  plain = float(train.cross_entropy(logits, labels)[0])
+  log_p = jax.nn.log_softmax(logits)[0]
+  assert plain == pytest.approx(-float(log_p[0]), rel=1e-6)
+  smoothed = float(train.cross_entropy(logits, labels, 0.3)[0])
+  target = np.array([0.7 + 0.1, 0.1, 0.1])
+  assert smoothed == pytest.approx(-float(np.dot(target, log_p)), rel=1e-6)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('optimizer', 'adamw', "config.optimizer='adamw'"),
+    ('lr_schedule', 'linear', "config.lr_schedule='linear'"),
+    ('label_smoothing', 1.0, 'config.label_smoothing=1.0'),
+    ('batch_size', 0, 'config.batch_size=0'),
+])
+def test_a_bad_training_field_is_named_before_any_work(tmp_path, field, value, message):
+  config = enhanced.get_config()
+  config[field] = value
+  with pytest.raises(FerJaxError, match=message.replace('(', r'\(')):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_k_steps_in_one_call_equal_k_single_steps():
+  config = enhanced.get_config()
+  config.augment.steps = 'flip,rotate,noise'
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_fns(config, 10))
+  state = train.create_train_state(jax.random.PRNGKey(0), model, tx)
+  rng = np.random.default_rng(0)
+  split = {'image': rng.integers(0, 256, (40, 48, 48, 1), dtype=np.uint8),
+           'label': rng.integers(0, 7, 40).astype(np.int32)}
+  indices = train.epoch_batches(0, 1, 40, 8)
+  assert indices.shape == (5, 8) and len(set(np.asarray(indices).ravel())) == 40
+  step_fn = functools.partial(train.train_step,
+                              augment_fn=augment.make_train_augment(config.augment, 5))
+  run = jax.jit(functools.partial(train.train_steps, step_fn=step_fn))
+  together, sums_together = run(state, split, indices[:3])
+  one_by_one, total = state, None
+  for k in range(3):
+    one_by_one, sums = run(one_by_one, split, indices[k:k + 1])
+    total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
+  assert int(together.step) == int(one_by_one.step) == 3
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get((together.params, together.batch_stats))),
+                  jax.tree_util.tree_leaves(jax.device_get((one_by_one.params, one_by_one.batch_stats)))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(sums_together['loss_sum'], total['loss_sum'], rtol=1e-5)
+  assert float(sums_together['correct']) == float(total['correct'])
+  assert float(sums_together['count']) == 24.0
 
 
 def test_resume_continues_the_same_run(tmp_path, generated_config):

@@ -18,14 +18,16 @@ _LAYER_KINDS = {nn.Conv: 'conv', nn.BatchNorm: 'batchnorm', MaxPool2x2: 'pool',
                 GlobalAvgPool: 'pool', nn.Dense: 'dense', nn.Dropout: 'dropout'}
 
 
-def create_model(model_config: ml_collections.ConfigDict) -> nn.Module:
-  """Builds the module named by `model_config.name` with the config's fields."""
+def create_model(model_config: ml_collections.ConfigDict, **overrides: Any) -> nn.Module:
+  """Builds the module named by `model_config.name` with the config's fields (and overrides,
+  e.g. dropout_rate=0 and bn_momentum=0 to measure BatchNorm statistics)."""
   if model_config.name not in MODELS:
     raise FerJaxError(f'config.model.name={model_config.name!r} is not a known model; '
                      f'use one of {sorted(MODELS)}.')
   dtype = jnp.dtype(model_config.get('dtype', 'float32'))
-  return MODELS[model_config.name](num_classes=model_config.num_classes,
-                                   dropout_rate=model_config.dropout_rate, dtype=dtype)
+  fields = {'num_classes': model_config.num_classes, 'dropout_rate': model_config.dropout_rate,
+            'dtype': dtype, **overrides}
+  return MODELS[model_config.name](**fields)
 
 
 def init_variables(model: nn.Module, key: jax.Array) -> dict[str, Any]:

@@ -42,13 +42,14 @@ class ConvBackbone(nn.Module):
   dropout_rate: float = 0.5
   blocks: Sequence[tuple[int, int, bool]] = CONV_BLOCKS
   dtype: jnp.dtype = jnp.float32
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     for block, (features, num_convs, pool) in enumerate(self.blocks):
       for _ in range(num_convs):
         x = nn.Conv(features, (3, 3), padding=1, dtype=self.dtype)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                          epsilon=BN_EPSILON, dtype=self.dtype)(x)
         x = nn.relu(x)
       if pool:
@@ -65,29 +66,35 @@ class DenseHead(nn.Module):
   dropout_rate: float = 0.5
   widths: Sequence[int] = HEAD_WIDTHS
   dtype: jnp.dtype = jnp.float32
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     for layer, width in enumerate(self.widths):
       x = nn.Dropout(self.dropout_rate * HEAD_DROPOUT_SCALE[layer], deterministic=not train)(x)
       x = nn.Dense(width, dtype=self.dtype)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=BN_EPSILON, dtype=self.dtype)(x)
       x = nn.relu(x)
     return nn.Dense(self.num_classes, dtype=jnp.float32)(x)
 
 
 class EnhancedCNN48(nn.Module):
-  """Input (B, 48, 48, 1) normalised to [-1, 1]; output (B, num_classes) logits."""
+  """Input (B, 48, 48, 1) normalised to [-1, 1]; output (B, num_classes) logits.
+
+  bn_momentum = 0 makes a train-mode call return the batch's own statistics (fer_jax.batchnorm).
+  """
   num_classes: int = 7
   dropout_rate: float = 0.5
   dtype: jnp.dtype = jnp.float32
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    features = ConvBackbone(self.dropout_rate, dtype=self.dtype, name='backbone')(x, train)
+    features = ConvBackbone(self.dropout_rate, dtype=self.dtype, bn_momentum=self.bn_momentum,
+                            name='backbone')(x, train)
     return DenseHead(self.num_classes, self.dropout_rate, dtype=self.dtype,
-                     name='head')(features, train)
+                     bn_momentum=self.bn_momentum, name='head')(features, train)
 
 
 def closed_form_param_count(num_classes: int = 7, in_channels: int = 1) -> int:

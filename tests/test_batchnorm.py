@@ -1,0 +1,55 @@
+"""BatchNorm statistics re-measured on clean faces: population moments, stored by training."""
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import enhanced
+from fer_jax import augment, batchnorm, models, train
+from fer_jax.checkpoint import LATEST, Checkpoints
+
+
+def test_recalibrate_gives_population_moments_over_all_batches():
+  config = enhanced.get_config()
+  model = models.create_model(config.model)
+  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0)))
+  faces = np.random.default_rng(0).integers(0, 256, (96, 48, 48, 1), dtype=np.uint8)
+  stats = batchnorm.recalibrate(config.model, variables, jnp.asarray(faces), batch_size=32)
+
+  # The first BatchNorm's input is the first conv's output, which no statistics touch: its
+  # population mean and (biased) variance over all 96 faces, by numpy, must come back exactly.
+  conv_out = {}
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.module.path == ('backbone', 'Conv_0') and context.method_name == '__call__':
+      conv_out['x'] = np.asarray(out, np.float64)
+    return out
+  with nn.intercept_methods(record):
+    model.apply(variables, augment.normalize(faces), train=False)
+  first = stats['backbone']['BatchNorm_0']
+  np.testing.assert_allclose(first['mean'], conv_out['x'].mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(first['var'], conv_out['x'].var((0, 1, 2)), rtol=1e-4, atol=1e-7)
+
+  # Every one of the 16 layers is re-measured, and three batches differ from one of them.
+  flat = flax.traverse_util.flatten_dict(stats)
+  assert len(flat) == 32 and all(np.all(np.asarray(v)[..., :] >= 0) for k, v in flat.items()
+                                 if k[-1] == 'var')
+  one_batch = batchnorm.recalibrate(config.model, variables, jnp.asarray(faces[:32]), batch_size=32)
+  assert not np.allclose(one_batch['head']['BatchNorm_3']['mean'], stats['head']['BatchNorm_3']['mean'])
+
+
+def test_training_stores_the_recalibrated_statistics(tmp_path, generated_config):
+  generated_config.num_epochs = 1
+  generated_config.bn_recalibration_faces = 48
+  state = train.train_and_evaluate(generated_config, str(tmp_path))
+  checkpoints = Checkpoints(str(tmp_path))
+  tree, _ = checkpoints.restore(LATEST, jax.device_get(train._state_tree(state)))
+  from fer_jax import data
+  split = data.load_split(generated_config.data, 'train')
+  expected = batchnorm.recalibrate(generated_config.model,
+                                   {'params': tree['params'], 'batch_stats': tree['batch_stats']},
+                                   jnp.asarray(split.images[:48]), batch_size=32)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         tree['batch_stats'], jax.device_get(expected))
