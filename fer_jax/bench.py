@@ -147,9 +147,12 @@ class FerJaxBench:
     import jax
     from fer_jax import parallel, train
     config = self.config.copy_and_resolve_references()
-    config.steps_per_call = steps_per_call
     batch_size = config.batch_size
     steps_per_epoch = num_faces // batch_size
+    if steps_per_epoch < 1:
+      raise SystemExit(f'error: an epoch of {num_faces} faces has no batch of {batch_size}; raise '
+                       '--epoch_faces or the fractions.')
+    steps_per_call = config.steps_per_call = min(steps_per_call, steps_per_epoch)
     p_train_steps, p_epoch_batches = train.make_train_functions(config, self.mesh, steps_per_epoch)
     split = parallel.replicate({'image': self.images[:num_faces], 'label': self.labels[:num_faces]},
                                self.mesh)

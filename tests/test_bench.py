@@ -1,0 +1,45 @@
+"""The benchmark runs end to end on a small setting (no timing assertions), and the fast-CPU XLA
+flag fer_jax sets by default changes no result beyond float tolerance."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.conftest import REPO
+
+
+def test_bench_smoke(tmp_path):
+  out = tmp_path / 'bench.json'
+  result = subprocess.run(
+      [sys.executable, '-m', 'fer_jax.bench', '--train_batch_sizes=8', '--infer_batch_sizes=8',
+       '--steps=1', '--epoch_faces=128', '--epoch_fractions=0.5,1', '--steps_per_call=1,2',
+       f'--json_out={out}'], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(out.read_text())
+  assert report['train_step']['8']['images_per_s'] > 0
+  assert report['train_step']['8']['temp_mb'] > 0 and report['inference']['8']['total_mb'] > 0
+  assert report['augmentation']['images_per_s'] > 0 and report['predictor']['single_face_ms'] > 0
+  epochs = [(e['faces'], e['steps_per_call']) for e in report['epoch']]
+  assert epochs == [(64, 1), (64, 2), (128, 1), (128, 2)]
+  assert report['peak_rss_mb'] > 100
+  assert '| train step | 8 |' in result.stdout and '| inference | 8 |' in result.stdout
+  assert 'epoch with augmentation (128 faces, 2 steps/call)' in result.stdout
+
+
+def test_fast_cpu_flag_changes_no_result(tmp_path):
+  outputs = {}
+  for fast in ('1', '0'):
+    env = {**os.environ, 'FER_JAX_FAST_CPU': fast}
+    env.pop('XLA_FLAGS', None)
+    path = tmp_path / f'fast_{fast}.npz'
+    subprocess.run([sys.executable, os.path.join('tests', 'fast_cpu_check.py'), str(path)],
+                   check=True, cwd=REPO, env=env, capture_output=True)
+    outputs[fast] = dict(np.load(path))
+  assert 'ynn_fusion_type=dot' in str(outputs['1'].pop('xla_flags'))
+  assert str(outputs['0'].pop('xla_flags')) == ''
+  np.testing.assert_allclose(outputs['1']['loss_sum'], outputs['0']['loss_sum'], rtol=1e-5)
+  for name in outputs['1']:
+    np.testing.assert_allclose(outputs['1'][name], outputs['0'][name], rtol=1e-4, atol=1e-6,
+                               err_msg=name)
