@@ -108,6 +108,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """Command-line flags, defined only when run as a program so importing stays side-effect free."""
   flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/; reports go here too.')
+  flags.DEFINE_bool('pretrained', False, 'Score the weights that ship with fer_jax; reports go to '
+                    '--workdir when given, else ./pretrained_eval.')
   flags.DEFINE_string('checkpoint', BEST, '"best", "latest" or a step number.')
   flags.DEFINE_string('data', None, 'FER2013 CSV (.csv / .csv.gz) or image-folder root.')
   flags.DEFINE_string('split', 'test', 'train (Training), validation (PublicTest) or test (PrivateTest).')
@@ -121,12 +123,15 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS.workdir or not FLAGS.data:
-    raise app.UsageError('--workdir and --data are required.')
+  if not (FLAGS.workdir or FLAGS.pretrained) or not FLAGS.data:
+    raise app.UsageError('--data and one of --workdir or --pretrained are required.')
+  out_dir = FLAGS.workdir or 'pretrained_eval'
+  os.makedirs(out_dir, exist_ok=True)
   from fer_jax import plots
   try:
     faces, labels = load_eval_data(FLAGS.data, FLAGS.split)
-    predictor = Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint)
+    predictor = (Predictor.pretrained() if FLAGS.pretrained else
+                 Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint))
     if FLAGS.recalibrate_bn:
       train_faces, _ = load_eval_data(FLAGS.recalibration_data or FLAGS.data, 'train')
       predictor.recalibrate_batch_stats(train_faces[:FLAGS.recalibrate_bn])
@@ -135,13 +140,14 @@ def main(argv: list[str]) -> None:
     sys.exit(f'error: {e}')
   for variant, report in reports.items():
     print(f'== {FLAGS.split}, TTA {variant} ==\n{format_report(report, predictor.labels)}\n')
-  path = os.path.join(FLAGS.workdir, f'eval_{FLAGS.split}.json')
+  path = os.path.join(out_dir, f'eval_{FLAGS.split}.json')
   with open(path, 'w') as f:
     json.dump({'data': os.path.abspath(FLAGS.data), 'split': FLAGS.split,
-               'checkpoint': FLAGS.checkpoint, 'recalibrate_bn': FLAGS.recalibrate_bn,
+               'checkpoint': 'pretrained' if FLAGS.pretrained else FLAGS.checkpoint,
+               'recalibrate_bn': FLAGS.recalibrate_bn,
                'reports': reports}, f, indent=2)
   first = next(iter(reports))
-  png = os.path.join(FLAGS.workdir, f'confusion_{FLAGS.split}.png')
+  png = os.path.join(out_dir, f'confusion_{FLAGS.split}.png')
   plots.confusion_matrix(np.array(reports[first]['confusion_matrix']), predictor.labels, png,
                          f'{FLAGS.split}, TTA {first}: accuracy {reports[first]["accuracy"]:.3f}')
   print(f'wrote {path} and {png}')

@@ -44,6 +44,13 @@ class Predictor:
     self._probabilities = jax.jit(self._forward)
 
   @classmethod
+  def pretrained(cls, **kwargs) -> 'Predictor':
+    """The model that ships with fer_jax (fer_jax/weights/, card in README "Model card")."""
+    from fer_jax import pretrained
+    variables, card = pretrained.load()
+    return cls(card['model_config'], variables, card['label_map'], **kwargs)
+
+  @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str = BEST, **kwargs) -> 'Predictor':
     variables, meta = load_for_inference(workdir, checkpoint)
     return cls(meta['model_config'], variables, meta.get('label_map'), **kwargs)
@@ -110,6 +117,7 @@ def define_flags() -> None:
   """Command-line flags, defined only when run as a program so importing stays side-effect free."""
   flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
   flags.DEFINE_string('checkpoint', BEST, '"best", "latest" or a step number.')
+  flags.DEFINE_bool('pretrained', False, 'Use the weights that ship with fer_jax instead of a workdir.')
   flags.DEFINE_bool('json', False, 'One JSON line per file instead of a table.')
   flags.DEFINE_bool('detect_faces', False, 'Crop the largest face first (OpenCV Haar cascade).')
 
@@ -140,10 +148,11 @@ def main(argv: list[str]) -> None:
   files = expand_inputs(argv[1:])
   if not files:
     raise app.UsageError('name at least one image file or folder.')
-  if not FLAGS.workdir:
-    raise app.UsageError('--workdir is required: the training workdir whose checkpoint to use.')
+  if bool(FLAGS.workdir) == FLAGS.pretrained:
+    raise app.UsageError('give either --workdir (a training workdir) or --pretrained.')
   try:
-    predictor = Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint)
+    predictor = (Predictor.pretrained() if FLAGS.pretrained else
+                 Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint))
   except FerJaxError as e:
     sys.exit(f'error: {e}')
   failures = run(files, predictor, FLAGS.json, FLAGS.detect_faces)
