@@ -36,6 +36,7 @@ def define_flags() -> None:
   flags.DEFINE_string('torch_dir', '', 'Folder with torch_reference.py and torch_seed_pipeline.py; '
                       'empty = no PyTorch rows.')
   flags.DEFINE_integer('torch_batches', 40, 'Batches torch_seed_pipeline.py times.')
+  flags.DEFINE_bool('breakdown', True, 'Time the parts of a batch-32 step on their own.')
   flags.DEFINE_string('json_out', '', 'Where to write the figures as JSON.')
   flags.DEFINE_bool('fast_cpu', True, 'Use the YNNPACK-for-dots-only XLA flag (fer_jax.parallel).')
 
@@ -126,6 +127,44 @@ class FerJaxBench:
     return {'images_per_s': images_per_second(
         lambda: augment_fn(faces, jax.random.key(next(keys)), jnp.int32(0)), batch_size, steps)}
 
+  def breakdown(self, batch_size: int, steps: int) -> dict[str, float]:
+    """Where a train step's time goes, by timing its parts alone: milliseconds per batch."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from fer_jax import augment, models, train
+    state = self._state()
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    faces = jax.device_put(self.images[:batch_size])
+    labels = jax.device_put(self.labels[:batch_size])
+    images = augment.normalize(faces)
+
+    key = jax.random.PRNGKey(1)
+
+    def loss(params, x, k, model):  # everything an argument: no part folds into a constant
+      logits, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, x,
+                              train=True, rngs={'dropout': k}, mutable=['batch_stats'])
+      return train.cross_entropy(logits, labels).mean()
+    no_dropout = models.create_model(self.config.model, dropout_rate=0.0)
+    grads = jax.grad(loss)(state.params, images, key, self.model)
+    aug = jax.jit(augment.make_train_augment(self.config.augment, 100))
+    apply_eval = jax.jit(lambda v, x: self.model.apply(v, x, train=False))
+    forward = jax.jit(lambda p, x, k: loss(p, x, k, self.model))
+    backward = jax.jit(jax.grad(lambda p, x, k: loss(p, x, k, self.model)))
+    backward_plain = jax.jit(jax.grad(lambda p, x, k: loss(p, x, k, no_dropout)))
+    update = jax.jit(lambda g, o, p: optax.apply_updates(p, self.tx.update(g, o, p)[0]))
+    parts = {
+        'augmentation (11 steps)': lambda: aug(faces, jax.random.PRNGKey(0), jnp.int32(0)),
+        'forward, eval mode': lambda: apply_eval(variables, images),
+        'forward, train mode (batch statistics, dropout)': lambda: forward(state.params, images, key),
+        'forward + backward': lambda: backward(state.params, images, key),
+        'forward + backward without dropout': lambda: backward_plain(state.params, images, key),
+        'optimizer update (Adam + L2, two groups)': lambda: update(grads, state.opt_state,
+                                                                   state.params),
+    }
+    return {name: 1000 * batch_size / images_per_second(fn, batch_size, steps)
+            for name, fn in parts.items()}
+
   def predictor(self, steps: int) -> dict[str, Any]:
     """The Predictor as a user calls it: host arrays in, probabilities out, compiled once."""
     from fer_jax.predict import Predictor
@@ -212,6 +251,8 @@ def main(argv: list[str]) -> None:
   report['inference'] = {b: bench.inference(b, FLAGS.steps) for b in infer_sizes}
   report['augmentation'] = bench.augmentation(32, FLAGS.steps)
   report['predictor'] = bench.predictor(FLAGS.steps)
+  if FLAGS.breakdown:
+    report['breakdown_ms'] = bench.breakdown(32, FLAGS.steps)
   report['epoch'] = [bench.epoch(int(float(f) * epoch_faces), int(k))
                      for f in FLAGS.epoch_fractions for k in FLAGS.steps_per_call]
   report['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -252,6 +293,12 @@ def main(argv: list[str]) -> None:
   lines += ['', f"augmentation / train step: {report['augmentation']['images_per_s'] / step32['images_per_s']:.1f}x; "
             f"peak RSS: fer_jax {report['peak_rss_mb']} MiB, PyTorch "
             f"{max((f or {}).get('peak_rss_mb_all_children', 0) for f in torch_figures.values()) if torch_figures else 'n/a'} MiB"]
+  if 'breakdown_ms' in report:
+    step_ms = 1000 * 32 / step32['images_per_s']
+    lines += ['', f'where a batch-32 step\'s {step_ms:.0f} ms go (each part timed alone):', '',
+              '| part | ms per batch of 32 | share of the step |', '|---|---:|---:|']
+    lines += [f'| {name} | {ms:.1f} | {100 * ms / step_ms:.0f} % |'
+              for name, ms in report['breakdown_ms'].items()]
   print('\n'.join(lines))
   if FLAGS.json_out:
     with open(FLAGS.json_out, 'w') as f:
