@@ -87,9 +87,12 @@ def train_steps(state: TrainState, split_arrays: dict[str, jax.Array], batch_ind
     if batch_sharding is not None:  # each device augments and steps on its slice of the batch
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return step_fn(state, batch)
-  if batch_indices.shape[0] == 1:  # XLA:CPU runs a loop body's convolutions ~20x slower; skip it
+  if batch_indices.shape[0] == 1:
     return body(state, batch_indices[0])
-  state, sums = jax.lax.scan(body, state, batch_indices)
+  # XLA:CPU runs convolutions inside a loop body ~20x slower (measured: 26.7 s vs 1.2 s for a
+  # batch-32 step), so on CPU the k steps are unrolled; accelerators keep the compact loop.
+  unroll = batch_indices.shape[0] if jax.default_backend() == 'cpu' else 1
+  state, sums = jax.lax.scan(body, state, batch_indices, unroll=unroll)
   return state, jax.tree_util.tree_map(lambda x: x.sum(0), sums)
 
 
