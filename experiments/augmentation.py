@@ -2,8 +2,8 @@
 
     python -m fer_jax.study experiments/augmentation.py --workdir runs/study_augmentation
 
-Base: configs/study_subset.py (2,048 Training faces, PublicTest, 4 epochs, both groups at 1e-3).
-"Progressive" ramps every magnitude from 0 at epoch 1 to full strength at the last epoch.
+Base: configs/study_subset.py (2,048 Training faces, PublicTest, 3 epochs, both groups at 1e-3).
+"Progressive" ramps every magnitude from 0 at epoch 1 to full strength at epoch 3, the last.
 """
 from configs import study_subset
 
@@ -19,5 +19,5 @@ def get_study():
                      {'augment.steps': 'flip'},
                      {'augment.steps': ALL_STEPS},
                      {'augment.steps': ALL_STEPS, 'augment.strength_start': 0.0,
-                      'augment.ramp_epochs': 3}],
+                      'augment.ramp_epochs': 2}],
           'seeds': [0], 'metric': 'best_eval_accuracy'}

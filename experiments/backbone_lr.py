@@ -2,7 +2,7 @@
 
     python -m fer_jax.study experiments/backbone_lr.py --workdir runs/study_backbone_lr
 
-Base: configs/study_subset.py (2,048 Training faces, PublicTest, 4 epochs, flips).
+Base: configs/study_subset.py (2,048 Training faces, PublicTest, 3 epochs, flips).
 """
 from configs import study_subset
 

@@ -2,7 +2,7 @@
 
     python -m fer_jax.study experiments/dropout.py --workdir runs/study_dropout
 
-Base: configs/study_subset.py (2,048 Training faces, PublicTest, 4 epochs, flips, both at 1e-3).
+Base: configs/study_subset.py (2,048 Training faces, PublicTest, 3 epochs, flips, both at 1e-3).
 """
 from configs import study_subset
 
