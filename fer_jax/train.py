@@ -246,11 +246,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # Evaluation statistics re-measured on clean faces after every epoch (fer_jax.batchnorm).
   recalibration_faces = min(config.bn_recalibration_faces, len(train_split))
   recalibration_batch = min(config.eval_batch_size, recalibration_faces) or 1
-  p_recalibrate = jax.jit(
-      lambda params, stats: batchnorm.recalibrate(
-          config.model, {'params': params, 'batch_stats': stats},
-          split_arrays['image'][:recalibration_faces], recalibration_batch),
+  # The faces are an argument: captured in the closure they would be a constant, and XLA would
+  # try to fold the convolutions over them at compile time (minutes).
+  recalibrate_fn = jax.jit(
+      lambda params, stats, faces: batchnorm.recalibrate(
+          config.model, {'params': params, 'batch_stats': stats}, faces, recalibration_batch),
       out_shardings=parallel.replicated(mesh))
+  recalibration_images = split_arrays['image'][:recalibration_faces]
 
   for epoch in range(start_epoch, config.num_epochs + 1):
     if stopper.should_stop:
@@ -275,7 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                         'config.head_lr / config.backbone_lr or check the data.')
     train_seconds = time.perf_counter() - epoch_start
     if recalibration_faces:
-      state = state.replace(batch_stats=p_recalibrate(state.params, state.batch_stats))
+      state = state.replace(
+          batch_stats=recalibrate_fn(state.params, state.batch_stats, recalibration_images))
     eval_loss, eval_accuracy = evaluate(state, eval_split, config.eval_batch_size, p_eval_step)
     step_now = int(state.step)
     record = {'epoch': epoch, 'step': step_now, 'train_loss': train_loss,
