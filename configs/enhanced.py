@@ -62,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   config.num_epochs = 25
   config.backbone_lr = 1e-5
+  config.freeze_backbone_epochs = 0    # backbone learning rate 0 for this many epochs (transfer)
   config.head_lr = 1e-3
   config.optimizer = 'adam'            # or 'sgd' (momentum, nesterov below)
   config.momentum = 0.9

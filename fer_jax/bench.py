@@ -74,14 +74,15 @@ def load_faces(path: str, minimum: int) -> tuple[Any, Any, str]:
 
 
 class FerJaxBench:
-  """Everything timed on fer_jax's side, built from configs/enhanced.py (the seed's recipe)."""
+  """Everything timed on fer_jax's side, built from a config (default configs/enhanced.py, the
+  seed's recipe)."""
 
-  def __init__(self, images, labels):
+  def __init__(self, images, labels, config: Any = None):
     import jax
     from configs import enhanced
     from fer_jax import models, optim, parallel, train
     self.images, self.labels = images, labels
-    self.config = enhanced.get_config()
+    self.config = config if config is not None else enhanced.get_config()
     self.mesh = parallel.make_mesh()
     self.model = models.create_model(self.config.model)
     self.tx = optim.create_optimizer(self.config, optim.create_learning_rate_fns(self.config, 100))
@@ -91,7 +92,7 @@ class FerJaxBench:
     from fer_jax import parallel
     return parallel.replicate(self.initial, self.mesh)
 
-  def train_step(self, batch_size: int, steps: int) -> dict[str, Any]:
+  def train_step(self, batch_size: int, steps: int, warmup: int = 2) -> dict[str, Any]:
     """The step alone (augmentation included) on one batch already on the device."""
     from fer_jax import parallel, train
     fns = train.make_train_functions(self.config, self.mesh, steps_per_epoch=100)
@@ -105,7 +106,7 @@ class FerJaxBench:
     def once():
       holder['state'], sums = fns[0](holder['state'], split, indices)
       return sums
-    return {'images_per_s': images_per_second(once, batch_size, steps), **memory}
+    return {'images_per_s': images_per_second(once, batch_size, steps, warmup), **memory}
 
   def inference(self, batch_size: int, steps: int) -> dict[str, Any]:
     import jax

@@ -5,9 +5,11 @@ Each group runs PyTorch's `Adam(weight_decay=wd)` (config.optimizer='adam', the 
 moments (coupled), then scaled by the group's schedule: the seed's StepLR ('step') or a linear
 warm-up into a cosine decay to zero over the run ('cosine').
 """
+import functools
 from typing import Any, Callable
 
 import flax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -49,8 +51,18 @@ def create_learning_rate_fn(base_lr: float, config: ml_collections.ConfigDict,
 
 def create_learning_rate_fns(config: ml_collections.ConfigDict,
                              steps_per_epoch: int) -> dict[str, optax.Schedule]:
-  return {'backbone': create_learning_rate_fn(config.backbone_lr, config, steps_per_epoch),
+  """Per-group schedules; the backbone's is 0 for config.freeze_backbone_epochs (a pretrained
+  backbone kept still while a fresh head learns)."""
+  backbone = create_learning_rate_fn(config.backbone_lr, config, steps_per_epoch)
+  frozen_steps = config.get('freeze_backbone_epochs', 0) * steps_per_epoch
+  if frozen_steps:
+    backbone = functools.partial(_frozen_until, frozen_steps=frozen_steps, schedule=backbone)
+  return {'backbone': backbone,
           'head': create_learning_rate_fn(config.head_lr, config, steps_per_epoch)}
+
+
+def _frozen_until(step: Any, frozen_steps: int, schedule: optax.Schedule) -> Any:
+  return jnp.where(step < frozen_steps, 0.0, schedule(step))
 
 
 def create_optimizer(config: ml_collections.ConfigDict,

@@ -84,12 +84,14 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('usage: python -m fer_jax.pretrained --workdir W --data CSV [--checkpoint]')
   from absl import logging
   from fer_jax import evaluate, metrics
+  from fer_jax.checkpoint import load_for_inference
   from fer_jax.predict import Predictor
   logging.get_absl_handler().addFilter(metrics.quiet_orbax)
   try:
     if FLAGS.dtype not in ('float16', 'bfloat16'):
       raise FerJaxError(f'--dtype={FLAGS.dtype} is not stored; use float16 or bfloat16.')
-    predictor = Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint)
+    variables, meta = load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
+    predictor = Predictor(meta['model_config'], variables, meta.get('label_map'))
     train_faces, _ = evaluate.load_eval_data(FLAGS.data, 'train')
     faces, labels = evaluate.load_eval_data(FLAGS.data, 'validation')
   except FerJaxError as e:
@@ -103,8 +105,6 @@ def main(argv: list[str]) -> None:
   reports = evaluate.evaluate(predictor, faces, labels, ['none', 'flip', 'ten_crop'])
   start, stop = CHECK_SLICE
   slice_report = evaluate.evaluate(predictor, faces[start:stop], labels[start:stop], ['none'])
-  from fer_jax.checkpoint import load_for_inference
-  _, meta = load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
   card = {'model_config': meta['model_config'], 'label_map': meta['label_map'], 'dtype': FLAGS.dtype,
           'source': {'workdir': FLAGS.workdir, 'checkpoint': FLAGS.checkpoint, 'epoch': meta['epoch'],
                      'recipe': FLAGS.recipe, 'recalibrate_bn': FLAGS.recalibrate_bn,

@@ -32,10 +32,16 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
-def create_train_state(rng: jax.Array, model: flax.linen.Module,
-                       tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(rng: jax.Array, model: flax.linen.Module, tx: optax.GradientTransformation,
+                       model_config: ml_collections.ConfigDict | None = None) -> TrainState:
+  """Fresh state; a transfer model's backbone comes from model_config.pretrained_weights if set."""
   init_key, state_key = jax.random.split(rng)
   variables = models.init_variables(model, init_key)
+  if model_config is not None and model_config.get('pretrained_weights'):
+    from fer_jax.models import weights
+    variables = weights.import_backbone(
+        variables, model_config.name, model_config.pretrained_weights,
+        model_config.get('first_conv', 'sum'), model_config.get('stride_in_1x1', False))
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
                            batch_stats=variables['batch_stats'], tx=tx, rng=state_key)
 
@@ -58,7 +64,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], augment_fn: augme
                                      train=True, rngs={'dropout': dropout_key},
                                      mutable=['batch_stats'])
     loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, updates['batch_stats'])
+    return loss, (logits, updates.get('batch_stats', {}))  # {}: a model without BatchNorm
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
@@ -192,6 +198,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.bn_recalibration_faces < 0:
     raise FerJaxError(f'config.bn_recalibration_faces={config.bn_recalibration_faces} is negative; '
                       'use 0 (keep the running averages) or a number of faces.')
+  if config.get('freeze_backbone_epochs', 0) < 0:
+    raise FerJaxError(f'config.freeze_backbone_epochs={config.freeze_backbone_epochs} is negative; '
+                      'use 0 (train the backbone from the start) or a number of epochs.')
+  if config.model.get('pretrained_weights'):
+    from fer_jax.models import transfer, weights
+    if config.model.name not in transfer.ARCHITECTURES:
+      raise FerJaxError(f'config.model.pretrained_weights is set, but config.model.name='
+                        f'{config.model.name!r} takes no ImageNet weights; use one of '
+                        f'{", ".join(transfer.ARCHITECTURES)} or clear pretrained_weights.')
+    if not os.path.isfile(config.model.pretrained_weights):
+      raise FerJaxError(f'config.model.pretrained_weights={config.model.pretrained_weights} does '
+                        'not exist; pass the path of a Keras .h5 or torchvision .safetensors/.npz.')
+    weights.first_conv_to_grey(np.zeros((1, 1, 3, 1), np.float32), config.model.get('first_conv', 'sum'))
   if not 0.0 <= config.model.dropout_rate < 1.0:
     raise FerJaxError(f'config.model.dropout_rate={config.model.dropout_rate} is out of range; '
                       'set it in [0, 1).')
@@ -220,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model = models.create_model(config.model)
   lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch)
   state = create_train_state(jax.random.PRNGKey(config.seed), model,
-                             optim.create_optimizer(config, lr_fns))
+                             optim.create_optimizer(config, lr_fns), config.model)
   model_summary = models.summary(model, {'params': state.params, 'batch_stats': state.batch_stats})
   logging.info('\n%s', model_summary)
   with open(os.path.join(workdir, 'model_summary.txt'), 'w') as f:
@@ -276,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       raise FerJaxError(f'training diverged: the train loss is {train_loss} in epoch {epoch}; lower '
                         'config.head_lr / config.backbone_lr or check the data.')
     train_seconds = time.perf_counter() - epoch_start
-    if recalibration_faces:
+    if recalibration_faces and state.batch_stats:
       state = state.replace(
           batch_stats=recalibrate_fn(state.params, state.batch_stats, recalibration_images))
     eval_loss, eval_accuracy = evaluate(state, eval_split, config.eval_batch_size, p_eval_step)

@@ -17,7 +17,6 @@ from tests.conftest import REPO
 
 @pytest.fixture(scope='module')
 def shipped():
-  weights, card = pretrained.paths()
   assert (REPO / 'fer_jax' / 'weights').is_dir(), 'fer_jax/weights/ is missing from the checkout'
   return pretrained.load()
 

@@ -9,8 +9,12 @@ import ml_collections
 
 from fer_jax import FerJaxError
 from fer_jax.models.cnn48 import EnhancedCNN48, MaxPool2x2, GlobalAvgPool, closed_form_param_count
+from fer_jax.models.transfer import TransferNet, UpsampledVGG16
 
-MODELS: dict[str, type[nn.Module]] = {'cnn48': EnhancedCNN48}
+# config.model.name -> module; the transfer names are also TransferNet's `arch`.
+MODELS: dict[str, type[nn.Module]] = {
+    'cnn48': EnhancedCNN48, 'vgg16': TransferNet, 'resnet18': TransferNet, 'resnet50': TransferNet,
+    'vgg16_224_rgb': UpsampledVGG16}
 IMAGE_SHAPE = (48, 48, 1)
 
 # Layer kinds the summary counts, by the module class that implements them.
@@ -24,15 +28,21 @@ def create_model(model_config: ml_collections.ConfigDict, **overrides: Any) -> n
   if model_config.name not in MODELS:
     raise FerJaxError(f'config.model.name={model_config.name!r} is not a known model; '
                      f'use one of {sorted(MODELS)}.')
-  dtype = jnp.dtype(model_config.get('dtype', 'float32'))
-  fields = {'num_classes': model_config.num_classes, 'dropout_rate': model_config.dropout_rate,
-            'dtype': dtype, **overrides}
-  return MODELS[model_config.name](**fields)
+  module = MODELS[model_config.name]
+  declared = module.__dataclass_fields__
+  # Model-specific fields (stride_in_1x1, input_size) come from the config when the module has them.
+  fields = {key: value for key, value in model_config.items() if key in declared and key != 'name'}
+  fields['dtype'] = jnp.dtype(model_config.get('dtype', 'float32'))
+  if 'arch' in declared:
+    fields['arch'] = model_config.name
+  return module(**{**fields, **overrides})
 
 
 def init_variables(model: nn.Module, key: jax.Array) -> dict[str, Any]:
-  """Initial {'params', 'batch_stats'} for a (1, 48, 48, 1) input."""
-  return jax.jit(lambda k: model.init({'params': k}, jnp.zeros((1, *IMAGE_SHAPE)), train=False))(key)
+  """Initial {'params', 'batch_stats'} for a (1, 48, 48, 1) input (batch_stats {} without BN)."""
+  variables = jax.jit(lambda k: model.init({'params': k}, jnp.zeros((1, *IMAGE_SHAPE)),
+                                           train=False))(key)
+  return {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
 
 
 def count_params(params: Any) -> int:
@@ -68,5 +78,5 @@ def summary(model: nn.Module, variables: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-__all__ = ['EnhancedCNN48', 'MODELS', 'IMAGE_SHAPE', 'create_model', 'init_variables',
+__all__ = ['EnhancedCNN48', 'TransferNet', 'UpsampledVGG16', 'MODELS', 'IMAGE_SHAPE', 'create_model', 'init_variables',
            'count_params', 'layer_counts', 'summary', 'closed_form_param_count']
