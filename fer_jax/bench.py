@@ -108,11 +108,16 @@ class FerJaxBench:
       return sums
     return {'images_per_s': images_per_second(once, batch_size, steps, warmup), **memory}
 
-  def inference(self, batch_size: int, steps: int) -> dict[str, Any]:
+  def inference(self, batch_size: int, steps: int, folded: bool = False) -> dict[str, Any]:
+    """Eval-mode forward pass; folded: BatchNorm folded into the layers (what Predictor serves)."""
     import jax
-    from fer_jax import augment
+    from fer_jax import augment, batchnorm, models
     variables = {'params': self.initial.params, 'batch_stats': self.initial.batch_stats}
-    infer = jax.jit(lambda v, x: self.model.apply(v, augment.normalize(x), train=False))
+    model = self.model
+    if folded:
+      variables = batchnorm.fold(variables)
+      model = models.create_model(self.config.model, folded_batchnorm=True)
+    infer = jax.jit(lambda v, x: model.apply(v, augment.normalize(x), train=False))
     faces = jax.device_put(self.images[:batch_size])
     memory = xla_memory_mb(infer, variables, faces)
     return {'images_per_s': images_per_second(lambda: infer(variables, faces), batch_size, steps),
@@ -250,6 +255,7 @@ def main(argv: list[str]) -> None:
                             'xla_flags': os.environ.get('XLA_FLAGS', ''), 'faces': source}
   report['train_step'] = {b: bench.train_step(b, FLAGS.steps) for b in train_sizes}
   report['inference'] = {b: bench.inference(b, FLAGS.steps) for b in infer_sizes}
+  report['inference_folded'] = {b: bench.inference(b, FLAGS.steps, folded=True) for b in infer_sizes}
   report['augmentation'] = bench.augmentation(32, FLAGS.steps)
   report['predictor'] = bench.predictor(FLAGS.steps)
   if FLAGS.breakdown:
@@ -277,9 +283,10 @@ def main(argv: list[str]) -> None:
   for b, figures in report['train_step'].items():
     lines.append(_row('train step', b, figures['images_per_s'], theirs(b, 'train_images_per_s'),
                       f"{figures['total_mb']} MiB ({figures['temp_mb']} scratch)"))
-  for b, figures in report['inference'].items():
-    lines.append(_row('inference', b, figures['images_per_s'], theirs(b, 'eval_images_per_s'),
-                      f"{figures['total_mb']} MiB ({figures['temp_mb']} scratch)"))
+  for name, key in (('inference', 'inference'), ('inference, BatchNorm folded', 'inference_folded')):
+    for b, figures in report[key].items():
+      lines.append(_row(name, b, figures['images_per_s'], theirs(b, 'eval_images_per_s'),
+                        f"{figures['total_mb']} MiB ({figures['temp_mb']} scratch)"))
   lines.append(_row('augmentation, 11 steps', 32, report['augmentation']['images_per_s'],
                     theirs('pipeline', 'augment_images_per_s')))
   for figures in report['epoch']:

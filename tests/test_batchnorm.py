@@ -8,6 +8,7 @@ import numpy as np
 from configs import enhanced
 from fer_jax import augment, batchnorm, models, train
 from fer_jax.checkpoint import LATEST, Checkpoints
+from fer_jax.predict import Predictor
 
 
 def test_recalibrate_gives_population_moments_over_all_batches():
@@ -53,3 +54,27 @@ def test_training_stores_the_recalibrated_statistics(tmp_path, generated_config)
                                    jnp.asarray(split.images[:48]), batch_size=32)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                          tree['batch_stats'], jax.device_get(expected))
+
+
+def test_folded_batchnorm_serves_the_same_logits():
+  config = enhanced.get_config()
+  model = models.create_model(config.model)
+  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0)))
+  rng = np.random.default_rng(0)
+  flat = flax.traverse_util.flatten_dict(variables)
+  for path, value in flat.items():  # statistics and affine terms far from the identity
+    draw = {'mean': lambda s: rng.normal(0, 0.3, s), 'var': lambda s: rng.uniform(0.3, 3.0, s),
+            'scale': lambda s: rng.uniform(0.5, 1.5, s)}.get(path[-1])
+    if draw is not None or (path[-1] == 'bias' and 'BatchNorm' in path[-2]):
+      flat[path] = (draw or (lambda s: rng.normal(0, 0.2, s)))(value.shape).astype(np.float32)
+  variables = flax.traverse_util.unflatten_dict(flat)
+  raw_faces = rng.integers(0, 256, (8, 48, 48, 1)).astype(np.uint8)
+  faces = augment.normalize(raw_faces)
+  expected = model.apply(variables, faces, train=False)
+  folded = batchnorm.fold(variables)
+  assert not [p for p in flax.traverse_util.flatten_dict(folded) if 'BatchNorm' in '/'.join(p)]
+  got = models.create_model(config.model, folded_batchnorm=True).apply(folded, faces)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+  predictor = Predictor(config.model.to_dict(), variables)
+  np.testing.assert_allclose(predictor.probabilities(raw_faces),
+                             jax.nn.softmax(expected), atol=1e-5)

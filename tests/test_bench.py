@@ -24,7 +24,9 @@ def test_bench_smoke(tmp_path):
   epochs = [(e['faces'], e['steps_per_call']) for e in report['epoch']]
   assert epochs == [(64, 1), (64, 2), (128, 1), (128, 2)]
   assert report['peak_rss_mb'] > 100
+  assert report['inference_folded']['8']['images_per_s'] > 0
   assert '| train step | 8 |' in result.stdout and '| inference | 8 |' in result.stdout
+  assert '| inference, BatchNorm folded | 8 |' in result.stdout
   assert 'epoch with augmentation (128 faces, 2 steps/call)' in result.stdout
 
 

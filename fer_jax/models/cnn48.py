@@ -43,14 +43,16 @@ class ConvBackbone(nn.Module):
   blocks: Sequence[tuple[int, int, bool]] = CONV_BLOCKS
   dtype: jnp.dtype = jnp.float32
   bn_momentum: float = BN_MOMENTUM
+  folded_batchnorm: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     for block, (features, num_convs, pool) in enumerate(self.blocks):
       for _ in range(num_convs):
         x = nn.Conv(features, (3, 3), padding=1, dtype=self.dtype)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=BN_EPSILON, dtype=self.dtype)(x)
+        if not self.folded_batchnorm:
+          x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                           epsilon=BN_EPSILON, dtype=self.dtype)(x)
         x = nn.relu(x)
       if pool:
         x = MaxPool2x2()(x)
@@ -67,14 +69,16 @@ class DenseHead(nn.Module):
   widths: Sequence[int] = HEAD_WIDTHS
   dtype: jnp.dtype = jnp.float32
   bn_momentum: float = BN_MOMENTUM
+  folded_batchnorm: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     for layer, width in enumerate(self.widths):
       x = nn.Dropout(self.dropout_rate * HEAD_DROPOUT_SCALE[layer], deterministic=not train)(x)
       x = nn.Dense(width, dtype=self.dtype)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=BN_EPSILON, dtype=self.dtype)(x)
+      if not self.folded_batchnorm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         epsilon=BN_EPSILON, dtype=self.dtype)(x)
       x = nn.relu(x)
     return nn.Dense(self.num_classes, dtype=jnp.float32)(x)
 
@@ -82,19 +86,22 @@ class DenseHead(nn.Module):
 class EnhancedCNN48(nn.Module):
   """Input (B, 48, 48, 1) normalised to [-1, 1]; output (B, num_classes) logits.
 
-  bn_momentum = 0 makes a train-mode call return the batch's own statistics (fer_jax.batchnorm).
+  bn_momentum = 0 makes a train-mode call return the batch's own statistics (fer_jax.batchnorm);
+  folded_batchnorm = True drops the BatchNorms for inference with fer_jax.batchnorm.fold's params.
   """
   num_classes: int = 7
   dropout_rate: float = 0.5
   dtype: jnp.dtype = jnp.float32
   bn_momentum: float = BN_MOMENTUM
+  folded_batchnorm: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     features = ConvBackbone(self.dropout_rate, dtype=self.dtype, bn_momentum=self.bn_momentum,
-                            name='backbone')(x, train)
+                            folded_batchnorm=self.folded_batchnorm, name='backbone')(x, train)
     return DenseHead(self.num_classes, self.dropout_rate, dtype=self.dtype,
-                     bn_momentum=self.bn_momentum, name='head')(features, train)
+                     bn_momentum=self.bn_momentum, folded_batchnorm=self.folded_batchnorm,
+                     name='head')(features, train)
 
 
 def closed_form_param_count(num_classes: int = 7, in_channels: int = 1) -> int:
