@@ -73,6 +73,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 0.0           # cosine only
   config.weight_decay = 1e-4
   config.label_smoothing = 0.0
+  # Batch regularisers (fer_jax/regularize.py), all off as in the seed.
+  config.mixup_alpha = 0.0             # Beta(alpha, alpha) mixing weight; 0 = off
+  config.cutmix_alpha = 0.0
+  config.cutmix_prob = 0.5             # share of cutmix batches when both are on
+  config.random_erasing = 0.0          # probability per face
+  config.class_weighting = 0.0         # 0 = none, 1 = inverse class frequency, 0.5 = its sqrt
   # BatchNorm statistics for evaluation re-measured after each epoch on this many clean training
   # faces (dropout off, no augmentation); 0 keeps the training-time running averages as the seed.
   # Why: fer_jax/batchnorm.py (27.6 % -> 43.6 % PublicTest, same weights).

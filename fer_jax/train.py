@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from fer_jax import (LABEL_MAP, FerJaxError, augment, batchnorm, data, metrics, models, optim,
-                     parallel, plots)
+                     parallel, plots, regularize)
 from fer_jax.checkpoint import BEST, LATEST, Checkpoints
 
 
@@ -54,17 +54,33 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], augment_fn: augment.AugmentFn,
-               label_smoothing: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimiser step on a batch of uint8 faces; returns summed metrics for the epoch."""
+               label_smoothing: float = 0.0, mix_fn: regularize.MixFn | None = None,
+               class_weights: jax.Array | None = None,
+               num_classes: int = 7) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser step on a batch of uint8 faces; returns summed metrics for the epoch.
+
+  mix_fn (mixup / cutmix / random erasing) turns the labels into soft targets; class_weights
+  weighs each face's loss by its (mixed) class."""
   augment_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
   images = augment_fn(batch['image'], augment_key, state.step)
+  targets = None
+  if mix_fn is not None or class_weights is not None:
+    targets = jax.nn.one_hot(batch['label'], num_classes)
+  if mix_fn is not None:
+    images, targets = mix_fn(images, targets, jax.random.fold_in(augment_key, 1))
 
   def loss_fn(params):
     logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, images,
                                      train=True, rngs={'dropout': dropout_key},
                                      mutable=['batch_stats'])
-    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, updates.get('batch_stats', {}))  # {}: a model without BatchNorm
+    if targets is None:
+      per_face = cross_entropy(logits, batch['label'], label_smoothing)
+    else:
+      smoothed = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
+      per_face = optax.softmax_cross_entropy(logits, smoothed)
+      if class_weights is not None:
+        per_face = per_face * (targets @ class_weights)
+    return per_face.mean(), (logits, updates.get('batch_stats', {}))  # {}: no BatchNorm
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
@@ -110,12 +126,15 @@ def epoch_batches(seed: int, epoch: int, num_examples: int, batch_size: int) -> 
 
 
 def make_train_functions(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                         steps_per_epoch: int) -> tuple[Callable, Callable]:
+                         steps_per_epoch: int,
+                         class_weights: np.ndarray | None = None) -> tuple[Callable, Callable]:
   """The compiled pieces of an epoch, shared by train_and_evaluate and the benchmark:
   p_train_steps(state, split_arrays, batch_indices) and p_epoch_batches(seed, epoch, n, batch)."""
   augment_fn = augment.make_train_augment(config.augment, steps_per_epoch)
-  step_fn = functools.partial(train_step, augment_fn=augment_fn,
-                              label_smoothing=config.label_smoothing)
+  step_fn = functools.partial(
+      train_step, augment_fn=augment_fn, label_smoothing=config.label_smoothing,
+      mix_fn=regularize.make_mix_fn(config), num_classes=config.model.num_classes,
+      class_weights=None if class_weights is None else jnp.asarray(class_weights))
   p_train_steps = jax.jit(
       functools.partial(train_steps, step_fn=step_fn, batch_sharding=parallel.batch_sharded(mesh)),
       in_shardings=parallel.replicated(mesh), out_shardings=parallel.replicated(mesh),
@@ -187,6 +206,7 @@ def checkpoint_meta(config: ml_collections.ConfigDict, epoch: int, stopper: Earl
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """The checks that need no data, so a bad config (or study) fails before any work starts."""
   augment.validate(config.augment)
+  regularize.validate(config)
   if config.model.name not in models.MODELS:
     raise FerJaxError(f'config.model.name={config.model.name!r} is not a model; use one of '
                       f'{", ".join(models.MODELS)}.')
@@ -259,7 +279,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   metrics.write_history(workdir, history)
   state = parallel.replicate(state, mesh)
 
-  p_train_steps, p_epoch_batches = make_train_functions(config, mesh, steps_per_epoch)
+  weights = None
+  if config.get('class_weighting', 0.0):
+    weights = regularize.class_weights(train_split.labels, config.model.num_classes,
+                                       config.class_weighting)
+    logging.info('class weights: %s', np.round(weights, 3).tolist())
+  p_train_steps, p_epoch_batches = make_train_functions(config, mesh, steps_per_epoch, weights)
   split_arrays = parallel.replicate({'image': train_split.images, 'label': train_split.labels}, mesh)
   p_eval_step = parallel.data_parallel(eval_step, mesh, donate_state=False)
   # Evaluation statistics re-measured on clean faces after every epoch (fer_jax.batchnorm).
