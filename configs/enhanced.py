@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.cutmix_prob = 0.5             # share of cutmix batches when both are on
   config.random_erasing = 0.0          # probability per face
   config.class_weighting = 0.0         # 0 = none, 1 = inverse class frequency, 0.5 = its sqrt
+  config.ema_decay = 0.0               # >0: evaluate / checkpoint-serve a moving average of the weights
   # BatchNorm statistics for evaluation re-measured after each epoch on this many clean training
   # faces (dropout off, no augmentation); 0 keeps the training-time running averages as the seed.
   # Why: fer_jax/batchnorm.py (27.6 % -> 43.6 % PublicTest, same weights).

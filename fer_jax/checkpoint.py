@@ -56,7 +56,8 @@ class Checkpoints:
 def load_for_inference(workdir: str, which: str = BEST) -> tuple[dict[str, Any], dict[str, Any]]:
   """({'params', 'batch_stats'} as numpy, metadata) from a workdir's best, latest or a step.
 
-  Restores without a target, so no optimiser has to be rebuilt to read a model.
+  Restores without a target, so no optimiser has to be rebuilt to read a model. Runs with an
+  exponential moving average of the weights give the averaged params.
   """
   from fer_jax import FerJaxError
   if which in (BEST, LATEST):
@@ -79,4 +80,6 @@ def load_for_inference(workdir: str, which: str = BEST) -> tuple[dict[str, Any],
                                                      meta=ocp.args.JsonRestore()))
   manager.close()
   state = restored.state
-  return {'params': state['params'], 'batch_stats': state['batch_stats']}, restored.meta
+  # A run with config.ema_decay evaluated (and re-measured BatchNorm for) the averaged params.
+  params = state.get('ema_params', state['params'])
+  return {'params': params, 'batch_stats': state['batch_stats']}, restored.meta

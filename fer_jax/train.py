@@ -27,13 +27,19 @@ from fer_jax.checkpoint import BEST, LATEST, Checkpoints
 
 
 class TrainState(train_state.TrainState):
-  """flax's TrainState plus BatchNorm statistics and the run's base PRNG key."""
+  """flax's TrainState plus BatchNorm statistics, the run's base PRNG key and, with
+  config.ema_decay, an exponential moving average of the params that evaluation and serving use."""
   batch_stats: Any
   rng: jax.Array
+  ema_params: Any = None
+
+  def for_evaluation(self) -> 'TrainState':
+    return self if self.ema_params is None else self.replace(params=self.ema_params)
 
 
 def create_train_state(rng: jax.Array, model: flax.linen.Module, tx: optax.GradientTransformation,
-                       model_config: ml_collections.ConfigDict | None = None) -> TrainState:
+                       model_config: ml_collections.ConfigDict | None = None,
+                       ema: bool = False) -> TrainState:
   """Fresh state; a transfer model's backbone comes from model_config.pretrained_weights if set."""
   init_key, state_key = jax.random.split(rng)
   variables = models.init_variables(model, init_key)
@@ -43,7 +49,11 @@ def create_train_state(rng: jax.Array, model: flax.linen.Module, tx: optax.Gradi
         variables, model_config.name, model_config.pretrained_weights,
         model_config.get('first_conv', 'sum'), model_config.get('stride_in_1x1', False))
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                           batch_stats=variables['batch_stats'], tx=tx, rng=state_key)
+                           batch_stats=variables['batch_stats'], tx=tx, rng=state_key,
+                           # a copy: the train step donates the state, and a shared buffer
+                           # cannot be donated twice
+                           ema_params=jax.tree_util.tree_map(jnp.copy, variables['params'])
+                           if ema else None)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -55,8 +65,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], augment_fn: augment.AugmentFn,
                label_smoothing: float = 0.0, mix_fn: regularize.MixFn | None = None,
-               class_weights: jax.Array | None = None,
-               num_classes: int = 7) -> tuple[TrainState, dict[str, jax.Array]]:
+               class_weights: jax.Array | None = None, num_classes: int = 7,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on a batch of uint8 faces; returns summed metrics for the epoch.
 
   mix_fn (mixup / cutmix / random erasing) turns the labels into soft targets; class_weights
@@ -84,6 +94,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], augment_fn: augme
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.ema_params is not None:  # the average warms up: decay min(d, (1 + t) / (10 + t))
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    state = state.replace(ema_params=jax.tree_util.tree_map(
+        lambda e, p: decay * e + (1 - decay) * p, state.ema_params, state.params))
   count = batch['label'].shape[0]
   return state, {'loss_sum': loss * count,
                  'correct': jnp.sum(jnp.argmax(logits, -1) == batch['label']),
@@ -134,6 +148,7 @@ def make_train_functions(config: ml_collections.ConfigDict, mesh: jax.sharding.M
   step_fn = functools.partial(
       train_step, augment_fn=augment_fn, label_smoothing=config.label_smoothing,
       mix_fn=regularize.make_mix_fn(config), num_classes=config.model.num_classes,
+      ema_decay=config.get('ema_decay', 0.0),
       class_weights=None if class_weights is None else jnp.asarray(class_weights))
   p_train_steps = jax.jit(
       functools.partial(train_steps, step_fn=step_fn, batch_sharding=parallel.batch_sharded(mesh)),
@@ -171,8 +186,11 @@ def evaluate(state: TrainState, split: data.Split, batch_size: int,
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
-  return {'params': state.params, 'batch_stats': state.batch_stats, 'opt_state': state.opt_state,
+  tree = {'params': state.params, 'batch_stats': state.batch_stats, 'opt_state': state.opt_state,
           'step': state.step, 'rng': state.rng}
+  if state.ema_params is not None:  # checkpoint.load_for_inference serves these when present
+    tree['ema_params'] = state.ema_params
+  return tree
 
 
 @dataclasses.dataclass
@@ -234,6 +252,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.model.dropout_rate < 1.0:
     raise FerJaxError(f'config.model.dropout_rate={config.model.dropout_rate} is out of range; '
                       'set it in [0, 1).')
+  if not 0.0 <= config.get('ema_decay', 0.0) < 1.0:
+    raise FerJaxError(f'config.ema_decay={config.ema_decay} is out of range; set it in [0, 1) '
+                      '(0 = no moving average; 0.999 is usual).')
   if not 0.0 <= config.label_smoothing < 1.0:
     raise FerJaxError(f'config.label_smoothing={config.label_smoothing} is out of range; '
                       'set it in [0, 1).')
@@ -259,7 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model = models.create_model(config.model)
   lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch)
   state = create_train_state(jax.random.PRNGKey(config.seed), model,
-                             optim.create_optimizer(config, lr_fns), config.model)
+                             optim.create_optimizer(config, lr_fns), config.model,
+                             ema=config.get('ema_decay', 0.0) > 0)
   model_summary = models.summary(model, {'params': state.params, 'batch_stats': state.batch_stats})
   logging.info('\n%s', model_summary)
   with open(os.path.join(workdir, 'model_summary.txt'), 'w') as f:
@@ -322,8 +344,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     train_seconds = time.perf_counter() - epoch_start
     if recalibration_faces and state.batch_stats:
       state = state.replace(
-          batch_stats=recalibrate_fn(state.params, state.batch_stats, recalibration_images))
-    eval_loss, eval_accuracy = evaluate(state, eval_split, config.eval_batch_size, p_eval_step)
+          batch_stats=recalibrate_fn(state.for_evaluation().params, state.batch_stats,
+                                     recalibration_images))
+    eval_loss, eval_accuracy = evaluate(state.for_evaluation(), eval_split, config.eval_batch_size,
+                                        p_eval_step)
     step_now = int(state.step)
     record = {'epoch': epoch, 'step': step_now, 'train_loss': train_loss,
               'train_accuracy': train_accuracy, 'eval_loss': eval_loss,

@@ -100,3 +100,36 @@ def test_train_step_with_mixing_and_class_weights_uses_soft_weighted_targets():
                                    class_weights=jnp.ones(7, jnp.float32)))
   np.testing.assert_allclose(float(ones(state, batch)[1]['loss_sum']),
                              float(plain_sums['loss_sum']), rtol=1e-5)
+
+
+def test_weight_average_follows_its_recurrence_and_serves_from_checkpoints(tmp_path):
+  from fer_jax.checkpoint import load_for_inference
+  from tests.conftest import generated_smoke_config
+  config = enhanced.get_config()
+  config.augment.steps = ''
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_fns(config, 10))
+  state = train.create_train_state(jax.random.PRNGKey(0), model, tx, ema=True)
+  step = jax.jit(functools.partial(train.train_step, ema_decay=0.9,
+                                   augment_fn=augment.make_train_augment(config.augment, 10)))
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.integers(0, 256, (8, 48, 48, 1), dtype=np.uint8)),
+           'label': jnp.asarray(np.arange(8) % 7, jnp.int32)}
+  expected = jax.device_get(state.params)
+  for t in range(3):
+    state, _ = step(state, batch)
+    decay = min(0.9, (1 + t + 1) / (10 + t + 1))
+    expected = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, expected,
+                                      jax.device_get(state.params))
+  jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+                         jax.device_get(state.ema_params), expected)
+
+  run = generated_smoke_config(32, 16)
+  run.batch_size, run.eval_batch_size, run.num_epochs, run.ema_decay = 16, 16, 1, 0.5
+  trained = train.train_and_evaluate(run, str(tmp_path))
+  served, _ = load_for_inference(str(tmp_path), 'latest')
+  jax.tree_util.tree_map(np.testing.assert_array_equal, served['params'],
+                         jax.device_get(trained.ema_params))
+  differs = jax.tree_util.tree_map(lambda a, b: bool((np.asarray(a) != np.asarray(b)).any()),
+                                   served['params'], jax.device_get(trained.params))
+  assert any(jax.tree_util.tree_leaves(differs))
