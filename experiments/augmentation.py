@@ -2,16 +2,16 @@
 
     python -m fer_jax.study experiments/augmentation.py --workdir runs/study_augmentation
 
-Base: configs/study_subset.py (2,048 Training faces, PublicTest, 3 epochs, both groups at 1e-3).
-"Progressive" ramps every magnitude from 0 at epoch 1 to full strength at epoch 3, the last.
+Base: configs/study_medium.py (8,192 Training faces, PublicTest, 4 epochs, the configs/best.py
+optimiser). "Progressive" ramps every magnitude from 0 at epoch 1 to full strength at epoch 4.
 """
-from configs import study_subset
+from configs import study_medium
 
 ALL_STEPS = 'flip,rotate,affine,perspective,contrast,brightness,sharpness,clahe,noise'
 
 
 def get_config():
-  return study_subset.get_config()
+  return study_medium.get_config()
 
 
 def get_study():
@@ -19,5 +19,5 @@ def get_study():
                      {'augment.steps': 'flip'},
                      {'augment.steps': ALL_STEPS},
                      {'augment.steps': ALL_STEPS, 'augment.strength_start': 0.0,
-                      'augment.ramp_epochs': 2}],
+                      'augment.ramp_epochs': 3}],
           'seeds': [0], 'metric': 'best_eval_accuracy'}

@@ -228,7 +228,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name not in models.MODELS:
     raise FerJaxError(f'config.model.name={config.model.name!r} is not a model; use one of '
                       f'{", ".join(models.MODELS)}.')
-  lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch=1)
+  lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch=100)  # any count: checks only
   optim.create_optimizer(config, lr_fns)
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'steps_per_call'):
     if config[field] < 1:

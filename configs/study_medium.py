@@ -1,0 +1,22 @@
+"""A larger study base than study_subset: 8,192 Training faces, all of PublicTest, 4 epochs.
+
+    python -m fer_jax.study experiments/augmentation.py --workdir runs/study_augmentation
+
+The optimiser of configs/best.py (Adam, both groups 1e-3, half an epoch of warm-up into a cosine
+decay, label smoothing 0.1, dropout_rate 0.3, batch 64), so 512 steps get well past the majority
+class; the seed's 11 augmentation steps at their full magnitudes (configs/enhanced.py), switched
+per trial by the study. About 9 min per trial on this project's 2-core CPU.
+"""
+import ml_collections
+
+from configs import best, enhanced
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = best.get_config()
+  config.augment = enhanced.get_config().augment
+  config.data.max_train_examples = 8192
+  config.num_epochs = 4
+  config.warmup_epochs = 0.5
+  config.progress_bar = False
+  return config
