@@ -75,6 +75,6 @@ def test_folded_batchnorm_serves_the_same_logits():
   assert not [p for p in flax.traverse_util.flatten_dict(folded) if 'BatchNorm' in '/'.join(p)]
   got = models.create_model(config.model, folded_batchnorm=True).apply(folded, faces)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-  predictor = Predictor(config.model.to_dict(), variables)
+  predictor = Predictor(config.model.to_dict(), variables, fold_batchnorm=True)
   np.testing.assert_allclose(predictor.probabilities(raw_faces),
                              jax.nn.softmax(expected), atol=1e-5)
