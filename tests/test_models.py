@@ -98,5 +98,5 @@ def test_param_labels_split_backbone_and_head(model_and_variables):
 def test_unknown_model_name_is_a_clear_error():
   config = enhanced.get_config().model
   config.name = 'resnet9000'
-  with pytest.raises(ValueError, match=r"config.model.name='resnet9000'.*use one of \['cnn48'\]"):
+  with pytest.raises(ValueError, match=r"config.model.name='resnet9000'.*use one of \['cnn48', 'resnet18', 'resnet50', 'vgg16', 'vgg16_224_rgb'\]"):
     models.create_model(config)
