@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax import FerJaxError
+from fer_jax import FerJaxError, parallel
 from fer_jax.checkpoint import BEST
 from fer_jax.data.csv import read_fer2013_csv
 from fer_jax.data.fer2013 import SPLIT_USAGE, describe_splits
@@ -125,6 +125,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not (FLAGS.workdir or FLAGS.pretrained) or not FLAGS.data:
     raise app.UsageError('--data and one of --workdir or --pretrained are required.')
+  parallel.configure_cpu_backend()  # before JAX starts (README, "Speed")
   out_dir = FLAGS.workdir or 'pretrained_eval'
   os.makedirs(out_dir, exist_ok=True)
   from fer_jax import plots

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fer_jax import EMOTIONS, FerJaxError, augment, models
+from fer_jax import EMOTIONS, FerJaxError, augment, models, parallel
 from fer_jax.checkpoint import BEST, load_for_inference
 from fer_jax.data.images import IMAGE_EXTENSIONS, load_face
 
@@ -170,6 +170,7 @@ def main(argv: list[str]) -> None:
   files = expand_inputs(argv[1:])
   if not files:
     raise app.UsageError('name at least one image file or folder.')
+  parallel.configure_cpu_backend()  # before JAX starts (README, "Speed")
   if bool(FLAGS.workdir) == FLAGS.pretrained:
     raise app.UsageError('give either --workdir (a training workdir) or --pretrained.')
   try:

@@ -18,7 +18,7 @@ import flax
 import jax
 import numpy as np
 
-from fer_jax import FerJaxError
+from fer_jax import FerJaxError, parallel
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
 NAME = 'fer2013_cnn48'
@@ -82,6 +82,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1 or not FLAGS.workdir or not FLAGS.data:
     raise app.UsageError('usage: python -m fer_jax.pretrained --workdir W --data CSV [--checkpoint]')
+  parallel.configure_cpu_backend()  # before JAX starts (README, "Speed")
   from absl import logging
   from fer_jax import evaluate, metrics
   from fer_jax.checkpoint import load_for_inference

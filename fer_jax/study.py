@@ -305,6 +305,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('usage: python -m fer_jax.study experiments/<name>.py --workdir runs/<name>')
   from fer_jax import parallel
   try:
+    # Before anything touches JAX: validating the study starts the CPU backend, after which the
+    # fast-CPU XLA flag would be ignored.
+    parallel.configure_cpu_backend(_load_module(argv[1]).get_config().get('fast_cpu', True))
     study = load_study(argv[1])
     if not 0 <= FLAGS.shard_index < FLAGS.num_shards:
       raise FerJaxError(f'--shard_index={FLAGS.shard_index} is not in [0, --num_shards='
@@ -312,7 +315,6 @@ def main(argv: list[str]) -> None:
     if FLAGS.dry_run:
       print('\n'.join(t.name for t in study.trials))
       return
-    parallel.configure_cpu_backend(study.trials[0].config.get('fast_cpu', True))
     logging.get_absl_handler().addFilter(metrics.quiet_orbax)
     os.makedirs(FLAGS.workdir, exist_ok=True)
     if not FLAGS.results_only:
