@@ -248,7 +248,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not os.path.isfile(config.model.pretrained_weights):
       raise FerJaxError(f'config.model.pretrained_weights={config.model.pretrained_weights} does '
                         'not exist; pass the path of a Keras .h5 or torchvision .safetensors/.npz.')
-    weights.first_conv_to_grey(np.zeros((1, 1, 3, 1), np.float32), config.model.get('first_conv', 'sum'))
+    weights.first_conv_to_grey(np.zeros((1, 1, 3, 1), np.float32),  # checks first_conv's mode
+                               config.model.get('first_conv', 'sum'))
   if not 0.0 <= config.model.dropout_rate < 1.0:
     raise FerJaxError(f'config.model.dropout_rate={config.model.dropout_rate} is out of range; '
                       'set it in [0, 1).')
