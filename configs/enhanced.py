@@ -19,9 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = 'float32'
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'fer2013'      # or 'generated' (cartoon faces, no download)
+  config.data.source = 'fer2013'      # or 'arrays' (no TFDS), 'generated' (cartoon faces)
   config.data.csv_path = ''           # '' -> $FER2013_PATH -> <tfds_dir>/downloads/manual/
   config.data.tfds_dir = ''           # '' -> $TFDS_DATA_DIR -> ~/tensorflow_datasets
+  config.data.arrays_path = ''        # source='arrays': fer2013_arrays.npz[.xz] ('' -> $FER2013_ARRAYS)
   config.data.train_split = 'train'   # Training rows
   config.data.eval_split = 'validation'  # PublicTest rows
   config.data.max_train_examples = 0  # 0 = all

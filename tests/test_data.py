@@ -139,3 +139,59 @@ def test_real_fer2013_splits_match_the_published_counts(real_csv, real_tfds_dir)
   assert 60 < train.images.mean() < 200 and train.images.std() > 30  # real faces, not blanks
   with pytest.raises(FerJaxError, match='PrivateTest'):
     data.load_split(config, 'test')
+
+
+def _write_arrays(path, faces, labels, usage):
+  import io
+  import lzma
+  buffer = io.BytesIO()
+  np.savez(buffer, x=faces, y=labels, usage=usage)
+  data_bytes = buffer.getvalue()
+  if str(path).endswith('.xz'):
+    with lzma.open(path, 'wb') as f:
+      f.write(data_bytes)
+  else:
+    path.write_bytes(data_bytes)
+
+
+@pytest.mark.parametrize('name', ['faces.npz', 'faces.npz.xz'])
+def test_arrays_source_gives_each_usage_as_a_split(tmp_path, name):
+  rng = np.random.default_rng(0)
+  faces = rng.integers(0, 256, (10, 48, 48), dtype=np.uint8)
+  labels = rng.integers(0, 7, 10).astype(np.uint8)
+  usage = np.array([0, 1, 0, 0, 1, 0, 1, 0, 0, 0], np.uint8)
+  _write_arrays(tmp_path / name, faces, labels, usage)
+  config = enhanced.get_config().data
+  config.source, config.arrays_path = 'arrays', str(tmp_path / name)
+  train = data.load_split(config, 'train')
+  np.testing.assert_array_equal(train.images[..., 0], faces[usage == 0])
+  np.testing.assert_array_equal(train.labels, labels[usage == 0])
+  assert train.images.shape == (7, 48, 48, 1) and train.labels.dtype == np.int32
+  assert len(data.load_split(config, 'validation', max_examples=2)) == 2
+  with pytest.raises(FerJaxError, match=r'has no test faces .*it holds train, validation'):
+    data.load_split(config, 'test')
+  _write_arrays(tmp_path / 'bad.npz', faces, labels, usage[:5])
+  config.arrays_path = str(tmp_path / 'bad.npz')
+  with pytest.raises(FerJaxError, match=r'usage \(5,\); expected \(N, 48, 48\), \(N,\) and \(N,\)'):
+    data.load_split(config, 'train')
+  (tmp_path / 'junk.npz.xz').write_bytes(b'not xz')
+  config.arrays_path = str(tmp_path / 'junk.npz.xz')
+  with pytest.raises(FerJaxError, match='junk.npz.xz is not a readable'):
+    data.load_split(config, 'train')
+  config.arrays_path = str(tmp_path / 'missing.npz')
+  with pytest.raises(FerJaxError, match=r"arrays_path .*missing.npz' is not a file"):
+    data.load_split(config, 'train')
+
+
+def test_real_arrays_file_has_the_readme_class_counts():
+  from conftest import SHARED_CSV
+  path = SHARED_CSV.parent / 'fer2013_arrays.npz.xz'
+  if not path.exists():
+    pytest.skip('the shared fer2013_arrays.npz.xz is not here')
+  config = enhanced.get_config().data
+  config.source, config.arrays_path = 'arrays', str(path)
+  train = data.load_split(config, 'train')
+  validation = data.load_split(config, 'validation')
+  # ../shared/data/fer2013/README.md's table.
+  assert np.bincount(train.labels).tolist() == [3995, 436, 4097, 7215, 4830, 3171, 4965]
+  assert np.bincount(validation.labels).tolist() == [467, 56, 496, 895, 653, 415, 607]

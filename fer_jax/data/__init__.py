@@ -1,4 +1,5 @@
-"""Splits as in-memory arrays, from FER2013 (via the TFDS builder) or generated faces.
+"""Splits as in-memory arrays, from FER2013 (via the TFDS builder, or the arrays file for machines
+without TFDS) or generated faces.
 
 The whole of FER2013 is ~83 MB as uint8, so each split is held as arrays and batches are gathered by
 index; no input pipeline framework is needed.
@@ -91,10 +92,47 @@ def load_split(data_config: ml_collections.ConfigDict, split: str, max_examples:
              'test': data_config.generated_eval_size}
     images, labels = generated_faces(sizes[split], seed=list(sizes).index(split))
     return _subset(Split(split, images, labels), max_examples)
+  if data_config.source == 'arrays':
+    images, labels = load_arrays(data_config.get('arrays_path', '')
+                                 or os.environ.get('FER2013_ARRAYS', ''), split)
+    return _subset(Split(split, images, labels), max_examples)
   if data_config.source != 'fer2013':
-    raise FerJaxError(f'config.data.source={data_config.source!r} is unknown; use "fer2013" or '
-                      '"generated".')
+    raise FerJaxError(f'config.data.source={data_config.source!r} is unknown; use "fer2013", '
+                      '"arrays" or "generated".')
   from fer_jax.data import fer2013  # TFDS stays off the import path of generated-data runs.
   builder = fer2013.prepare(find_csv(data_config), tfds_dir(data_config))
   images, labels = fer2013.load_split(builder, split)
   return _subset(Split(split, images, labels), max_examples)
+
+
+ARRAY_USAGE = {'train': 0, 'validation': 1, 'test': 2}  # the arrays file's `usage` codes
+
+
+def load_arrays(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """One split of FER2013 stored as arrays (`x` uint8 (N, 48, 48), `y` labels, `usage` 0/1/2 for
+  Training / PublicTest / PrivateTest), as `.npz` or xz-compressed `.npz.xz`: no CSV parsing and no
+  TFDS, for accelerator machines that have neither the CSV nor TensorFlow Datasets."""
+  import io
+  import lzma
+  where = 'config.data.arrays_path (or $FER2013_ARRAYS)'
+  if not path or not os.path.isfile(path):
+    raise FerJaxError(f'{where}={path!r} is not a file; point it at fer2013_arrays.npz[.xz].')
+  try:
+    raw = lzma.open(path).read() if path.endswith('.xz') else open(path, 'rb').read()
+    with np.load(io.BytesIO(raw), allow_pickle=False) as arrays:
+      missing = {'x', 'y', 'usage'} - set(arrays.files)
+      if missing:
+        raise FerJaxError(f'{path} has no {", ".join(sorted(missing))} array; a FER2013 arrays file '
+                          'holds x (N, 48, 48) uint8, y (N,) and usage (N,).')
+      faces, labels, usage = arrays['x'], arrays['y'], arrays['usage']
+  except (OSError, ValueError, lzma.LZMAError) as e:
+    raise FerJaxError(f'{path} is not a readable .npz / .npz.xz file ({e}); pass fer2013_arrays.npz.xz.') from e
+  if faces.shape[1:] != (48, 48) or not len(faces) == len(labels) == len(usage):
+    raise FerJaxError(f'{path}: x has shape {faces.shape}, y {labels.shape}, usage {usage.shape}; '
+                      'expected (N, 48, 48), (N,) and (N,).')
+  chosen = usage == ARRAY_USAGE[split]
+  if not chosen.any():
+    present = [name for name, code in ARRAY_USAGE.items() if (usage == code).any()]
+    raise FerJaxError(f'{path} has no {split} faces (usage code {ARRAY_USAGE[split]}); it holds '
+                      f'{", ".join(present)}.')
+  return faces[chosen].astype(np.uint8)[..., None], labels[chosen].astype(np.int32)
