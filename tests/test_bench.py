@@ -14,7 +14,7 @@ def test_bench_smoke(tmp_path):
   out = tmp_path / 'bench.json'
   result = subprocess.run(
       [sys.executable, '-m', 'fer_jax.bench', '--train_batch_sizes=8', '--infer_batch_sizes=8',
-       '--steps=1', '--epoch_faces=128', '--epoch_fractions=0.5,1', '--steps_per_call=1,2',
+       '--steps=1', '--epoch_faces=64', '--epoch_fractions=1', '--steps_per_call=1',
        f'--json_out={out}'], capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(out.read_text())
@@ -22,12 +22,12 @@ def test_bench_smoke(tmp_path):
   assert report['train_step']['8']['temp_mb'] > 0 and report['inference']['8']['total_mb'] > 0
   assert report['augmentation']['images_per_s'] > 0 and report['predictor']['single_face_ms'] > 0
   epochs = [(e['faces'], e['steps_per_call']) for e in report['epoch']]
-  assert epochs == [(64, 1), (64, 2), (128, 1), (128, 2)]
+  assert epochs == [(64, 1)]  # more fractions / steps per call are the same code, compiled again
   assert report['peak_rss_mb'] > 100
   assert report['inference_folded']['8']['images_per_s'] > 0
   assert '| train step | 8 |' in result.stdout and '| inference | 8 |' in result.stdout
   assert '| inference, BatchNorm folded | 8 |' in result.stdout
-  assert 'epoch with augmentation (128 faces, 2 steps/call)' in result.stdout
+  assert 'epoch with augmentation (64 faces, 1 steps/call)' in result.stdout
 
 
 def test_fast_cpu_flag_changes_no_result(tmp_path):

@@ -165,15 +165,17 @@ def vgg16_files(tmp_path_factory):
 
 def test_backbone_parameter_counts_match_the_published_models():
   for name, expected in BACKBONE_PARAMS.items():
-    model, variables = _init(name)
-    assert models.count_params(variables['params']['backbone']) == expected
-    logits = model.apply(variables, np.zeros((2, 48, 48, 1), np.float32), train=False)
+    model = models.create_model(_config(name).model)
+    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0)))
+    assert models.count_params(shapes['params']['backbone']) == expected
+    logits = jax.eval_shape(lambda v: model.apply(v, np.zeros((2, 48, 48, 1), np.float32)), shapes)
     assert logits.shape == (2, 7)
   # The upsampled route carries VGG16's own classifier (torchvision's 123.6 M, 7 classes).
   config = upsampled_224_rgb.get_config()
   shapes = jax.eval_shape(lambda: models.init_variables(models.create_model(config.model),
                                                         jax.random.PRNGKey(0)))
-  assert models.count_params(shapes['params']['head']) == 25088 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 7 + 7
+  assert models.count_params(shapes['params']['head']) == (
+      25088 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 7 + 7)
   assert models.count_params(shapes['params']['backbone']) == 14_714_688
 
 
