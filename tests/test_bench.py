@@ -14,7 +14,7 @@ def test_bench_smoke(tmp_path):
   out = tmp_path / 'bench.json'
   result = subprocess.run(
       [sys.executable, '-m', 'fer_jax.bench', '--train_batch_sizes=8', '--infer_batch_sizes=8',
-       '--steps=1', '--epoch_faces=64', '--epoch_fractions=1', '--steps_per_call=1',
+       '--steps=1', '--epoch_faces=64', '--epoch_fractions=1', '--steps_per_call=1', '--nobreakdown',
        f'--json_out={out}'], capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(out.read_text())
