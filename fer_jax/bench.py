@@ -109,7 +109,8 @@ class FerJaxBench:
     return {'images_per_s': images_per_second(once, batch_size, steps, warmup), **memory}
 
   def inference(self, batch_size: int, steps: int, folded: bool = False) -> dict[str, Any]:
-    """Eval-mode forward pass; folded: BatchNorm folded into the layers (what Predictor serves)."""
+    """Eval-mode forward pass; folded: BatchNorm folded into the layers (Predictor's opt-in
+    fold_batchnorm)."""
     import jax
     from fer_jax import augment, batchnorm, models
     variables = {'params': self.initial.params, 'batch_stats': self.initial.batch_stats}

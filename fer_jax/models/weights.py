@@ -24,7 +24,7 @@ from fer_jax.models.transfer import RESNETS, VGG16_BLOCKS
 
 LUMINANCE_RGB = np.array([0.299, 0.587, 0.114], np.float32)
 FIRST_CONV_MODES = ('sum', 'luminance')
-# Where each source's conv kernels keep their axes, and the order of the input channels.
+# The order of the first conv's input channels in each source's ImageNet models.
 SOURCES = {'keras': {'channels': 'bgr'}, 'torchvision': {'channels': 'rgb'}}
 # torchvision vgg16: indices of the convs inside `features`.
 TORCH_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
