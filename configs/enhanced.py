@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   # faces (dropout off, no augmentation); 0 keeps the training-time running averages as the seed.
   # Why: fer_jax/batchnorm.py (27.6 % -> 43.6 % PublicTest, same weights).
   config.bn_recalibration_faces = 2048
+  # The latest checkpoint every N epochs (and at the last); the best one whenever it improves.
+  # Resuming replays the epochs since the last save exactly (fer_jax.train's randomness).
+  config.checkpoint_every_epochs = 1
   config.early_stopping_patience = 7  # epochs without a better validation accuracy; 0 = never stop
 
   config.log_every_steps = 50

@@ -221,6 +221,12 @@ def checkpoint_meta(config: ml_collections.ConfigDict, epoch: int, stopper: Earl
           'label_map': {str(k): v for k, v in LABEL_MAP.items()}}
 
 
+def saves_latest(epoch: int, config: ml_collections.ConfigDict, stopper: EarlyStopping) -> bool:
+  """Every config.checkpoint_every_epochs epochs, and at the run's last epoch, early stop included."""
+  return (epoch % config.get('checkpoint_every_epochs', 1) == 0 or epoch == config.num_epochs
+          or stopper.should_stop)
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """The checks that need no data, so a bad config (or study) fails before any work starts."""
   augment.validate(config.augment)
@@ -230,8 +236,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f'{", ".join(models.MODELS)}.')
   lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch=100)  # any count: checks only
   optim.create_optimizer(config, lr_fns)
-  for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'steps_per_call'):
-    if config[field] < 1:
+  for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'steps_per_call',
+                'checkpoint_every_epochs'):
+    if config.get(field, 1) < 1:
       raise FerJaxError(f'config.{field}={config[field]} must be at least 1.')
   if config.bn_recalibration_faces < 0:
     raise FerJaxError(f'config.bn_recalibration_faces={config.bn_recalibration_faces} is negative; '
@@ -360,11 +367,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     history.append(record)
     improved = stopper.update(epoch, eval_accuracy)
     meta = checkpoint_meta(config, epoch, stopper, history)
-    tree = jax.device_get(_state_tree(state))
-    checkpoints.save(LATEST, step_now, tree, meta)
-    if improved:
-      checkpoints.save(BEST, step_now, tree, meta)
-    checkpoints.wait()
+    save_latest = saves_latest(epoch, config, stopper)
+    if save_latest or improved:
+      tree = jax.device_get(_state_tree(state))
+      if save_latest:
+        checkpoints.save(LATEST, step_now, tree, meta)
+      if improved:
+        checkpoints.save(BEST, step_now, tree, meta)
+      checkpoints.wait()
     metrics.write_history(workdir, history)
     logging.info(metrics.format_epoch(record))
   checkpoints.close()

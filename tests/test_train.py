@@ -97,6 +97,7 @@ def test_label_smoothing_moves_the_target_off_one_hot():
     ('lr_schedule', 'linear', "config.lr_schedule='linear'"),
     ('label_smoothing', 1.0, 'config.label_smoothing=1.0'),
     ('batch_size', 0, 'config.batch_size=0'),
+    ('checkpoint_every_epochs', 0, 'config.checkpoint_every_epochs=0'),
 ])
 def test_a_bad_training_field_is_named_before_any_work(tmp_path, field, value, message):
   config = enhanced.get_config()
@@ -184,6 +185,18 @@ def test_early_stopping_counts_epochs_without_improvement():
   assert not stopper.should_stop
   assert not stopper.update(3, 0.4)
   assert stopper.should_stop and stopper.best_epoch == 1
+
+
+def test_latest_checkpoint_every_n_epochs_and_at_the_end():
+  config = enhanced.get_config()
+  config.num_epochs, config.checkpoint_every_epochs = 12, 5
+  running, stopping = train.EarlyStopping(patience=0), train.EarlyStopping(patience=1)
+  assert [e for e in range(1, 13) if train.saves_latest(e, config, running)] == [5, 10, 12]
+  stopping.update(1, 0.5)
+  stopping.update(2, 0.4)  # no improvement: the run stops after this epoch, so it is saved
+  assert stopping.should_stop and train.saves_latest(2, config, stopping)
+  config.checkpoint_every_epochs = 1
+  assert all(train.saves_latest(e, config, running) for e in range(1, 13))
 
 
 def test_batch_that_does_not_divide_across_devices_is_an_error():
