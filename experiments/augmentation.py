@@ -2,7 +2,7 @@
 
     python -m fer_jax.study experiments/augmentation.py --workdir runs/study_augmentation
 
-Base: configs/study_medium.py (8,192 Training faces, PublicTest, 4 epochs, the configs/best.py
+Base: configs/study_medium.py (8,192 Training faces, PublicTest, 4 epochs, the configs/best_cpu.py
 optimiser). "Progressive" ramps every magnitude from 0 at epoch 1 to full strength at epoch 4.
 """
 from configs import study_medium

@@ -2,7 +2,7 @@
 
     python -m fer_jax.study experiments/backbone_lr_medium.py --workdir runs/study_backbone_lr_medium
 
-Base: configs/study_medium.py (8,192 Training faces, PublicTest, 4 epochs, the configs/best.py
+Base: configs/study_medium.py (8,192 Training faces, PublicTest, 4 epochs, the configs/best_cpu.py
 optimiser), with the flips-only augmentation so that 512 steps leave the majority class.
 """
 from configs import study_medium

@@ -55,8 +55,8 @@ def log_path(workdir: str, args: argparse.Namespace) -> str:
   return os.path.join(args.work if name.startswith('calibrate') else args.out, f'{name}.log')
 
 
-def history(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'metrics.jsonl')
+def history(workdir: str, file_name: str = 'metrics.jsonl') -> list[dict]:
+  path = os.path.join(workdir, file_name)
   return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
@@ -170,7 +170,19 @@ def import_run(files_dir: str, name: str, summary_path: str, history_path: str,
         f'{len(runs)} epochs of history')
 
 
+def curves(path: str, *runs: str) -> None:
+  """Validation accuracy per epoch of NAME=metrics.jsonl runs in one figure."""
+  sys.path.insert(0, ROOT)
+  from fer_jax import plots
+  plots.study_curves({run.split('=', 1)[0]: history(os.path.dirname(run.split('=', 1)[1]),
+                                                    os.path.basename(run.split('=', 1)[1]))
+                      for run in runs}, path)
+
+
 def main() -> None:
+  if sys.argv[1:2] == ['--curves']:  # --curves OUT.png NAME=metrics.jsonl ...
+    curves(*sys.argv[2:])
+    return
   if sys.argv[1:2] == ['--import_run']:  # on the workstation, after the call
     import_run(*sys.argv[2:7])
     return

@@ -3,7 +3,7 @@
 Training keeps running averages of statistics computed with dropout on and on augmented faces.
 Dropout before a BatchNorm changes the variance it sees (the seed puts Dropout2d before every
 block's first conv and dropout before every hidden dense layer), so in evaluation mode the stored
-statistics no longer match the activations. Measured on the configs/best.py run after epoch 2,
+statistics no longer match the activations. Measured on the configs/best_cpu.py run after epoch 2,
 same weights, all 3,589 PublicTest faces: 27.61 % with the running averages, 43.58 % with
 statistics re-measured on 4,096 clean Training faces (43.35 % with 1,024; README, "BatchNorm
 statistics"). `recalibrate` re-measures them exactly: the population mean and (biased) variance

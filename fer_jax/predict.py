@@ -37,11 +37,14 @@ class Predictor:
                label_map: dict[str, str] | None = None, batch_size: int = 512,
                fold_batchnorm: bool = False):
     self.model_config = ml_collections.ConfigDict(model_config)
+    if fold_batchnorm and self.model_config.name != 'cnn48':
+      raise FerJaxError(f'fold_batchnorm=True serves only model.name=cnn48, not '
+                        f'{self.model_config.name!r}; pass fold_batchnorm=False for this model.')
     self.model = models.create_model(self.model_config)
     # fold_batchnorm serves EnhancedCNN48 with its BatchNorms folded into the layers before them
     # (same outputs to float tolerance). Off by default: on this project's CPU it measured slower
     # (154 vs 252 img/s at batch 64; README, "Speed").
-    self.fold_batchnorm = fold_batchnorm and self.model_config.name == 'cnn48'
+    self.fold_batchnorm = fold_batchnorm
     self._serving_model = (models.create_model(self.model_config, folded_batchnorm=True)
                            if self.fold_batchnorm else self.model)
     self.variables = variables

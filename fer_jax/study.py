@@ -137,10 +137,11 @@ def _random_points(where: str, space: dict[str, Any], num_trials: int,
           for _ in range(num_trials)]
 
 
-def load_study(path: str) -> Study:
-  """Reads and checks a study file: every trial's config is built (and validated) here."""
+def load_study(path: str, module: Any = None) -> Study:
+  """Reads and checks a study file: every trial's config is built (and validated) here. `module`:
+  the file already executed by the caller, so it runs once."""
   from fer_jax import train
-  module = _load_module(path)
+  module = module or _load_module(path)
   spec = dict(module.get_study())
   where = f'study file {path}'
   known = {'grid', 'random', 'points', 'num_trials', 'seeds', 'metric', 'random_seed'}
@@ -307,8 +308,9 @@ def main(argv: list[str]) -> None:
   try:
     # Before anything touches JAX: validating the study starts the CPU backend, after which the
     # fast-CPU XLA flag would be ignored.
-    parallel.configure_cpu_backend(_load_module(argv[1]).get_config().get('fast_cpu', True))
-    study = load_study(argv[1])
+    module = _load_module(argv[1])
+    parallel.configure_cpu_backend(module.get_config().get('fast_cpu', True))
+    study = load_study(argv[1], module)
     if not 0 <= FLAGS.shard_index < FLAGS.num_shards:
       raise FerJaxError(f'--shard_index={FLAGS.shard_index} is not in [0, --num_shards='
                         f'{FLAGS.num_shards}); pick one of 0..{FLAGS.num_shards - 1}.')

@@ -4,9 +4,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import enhanced
-from fer_jax import augment, batchnorm, models, train
+from fer_jax import FerJaxError, augment, batchnorm, models, train
 from fer_jax.checkpoint import LATEST, Checkpoints
 from fer_jax.predict import Predictor
 
@@ -78,3 +79,7 @@ def test_folded_batchnorm_serves_the_same_logits():
   predictor = Predictor(config.model.to_dict(), variables, fold_batchnorm=True)
   np.testing.assert_allclose(predictor.probabilities(raw_faces),
                              jax.nn.softmax(expected), atol=1e-5)
+  # Folding is EnhancedCNN48's; asking it of another model is an error, not a silent no-op.
+  transfer_config = {**config.model.to_dict(), 'name': 'vgg16'}
+  with pytest.raises(FerJaxError, match="fold_batchnorm=True serves only model.name=cnn48, not 'vgg16'"):
+    Predictor(transfer_config, variables, fold_batchnorm=True)
