@@ -224,13 +224,16 @@ def main() -> None:
     sys.exit(1)
 
   # The real runs repeat the calibration's start (compile, data, first epochs), then go on at
-  # the second epoch's measured pace plus a margin for checkpoint saves.
+  # the second epoch's measured pace, times the number of runs, plus a margin for checkpoint
+  # saves: the GPU time-slices between processes, and the two calibrations' second epochs barely
+  # overlapped (measured 1.04 s per epoch; the real runs side by side went at ~2.1 s, so the first
+  # call's 271-epoch cosines were stopped at epoch 186).
   remaining = deadline - time.time()
   epochs = {}
   for name in recipes:
     second = history(os.path.join(args.work, f'calibrate_{name}'))[1]['epoch_seconds']
-    per_epoch = second * 1.08 + 0.3
-    startup = calibration[name]['seconds'] - 2 * per_epoch
+    startup = calibration[name]['seconds'] - 2 * second
+    per_epoch = second * len(recipes) * 1.08 + 0.3
     epochs[name] = int(min(args.max_epochs, max(2, (remaining - startup - 5) // per_epoch)))
     summary.setdefault('pace', {})[name] = {'epoch_seconds': second, 'startup_seconds': startup,
                                             'epochs': epochs[name]}

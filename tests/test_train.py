@@ -241,10 +241,11 @@ def test_learns_on_real_faces(tmp_path, real_csv, real_tfds_dir):
   config = smoke.get_config()
   config.data.csv_path, config.data.tfds_dir = real_csv, real_tfds_dir
   config.data.max_train_examples = 1536
-  config.data.max_eval_examples = 768
+  config.data.max_eval_examples = 512
+  config.bn_recalibration_faces = 512
   config.model.dropout_rate = 0.1
   config.augment.steps = 'flip'
-  config.num_epochs = 3
+  config.num_epochs = 2
   config.progress_bar = False
   train.train_and_evaluate(config, str(tmp_path))
   history = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
