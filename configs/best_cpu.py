@@ -10,11 +10,11 @@ noisy labels, dropout_rate 0.3 (a short run cannot afford the seed's 0.5), light
 augmentation (flip, +-10 deg rotation, small shifts / zooms / shear), batch 64, BatchNorm
 statistics re-measured after each epoch (enhanced's default).
 
-Reached (the shipped weights, README "Model card"): 56.87 % PublicTest after epoch 8, 57.23 % for
+Reached (the first shipped weights, replaced since): 56.87 % PublicTest after epoch 8, 57.23 % for
 the float16 export with BatchNorm re-measured on 4,096 faces, 58.15 % with flip TTA, in about
 115 min of the project's 2-core CPU (~8.5 min per epoch uncontended); the run was resumed with
 --config.num_epochs=10 after epoch 3 and with 8 after epoch 4, so its cosine ended at epoch 8, not
-this file's 12. GPU time: not measured (no GPU was lent to these sessions).
+this file's 12. GPU time: not measured (the GPU run of a later session used configs/best.py).
 """
 import ml_collections
 
