@@ -9,11 +9,11 @@ per trial by the study. About 9 min per trial on this project's 2-core CPU.
 """
 import ml_collections
 
-from configs import best, enhanced
+from configs import best_cpu, enhanced
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = best.get_config()
+  config = best_cpu.get_config()
   config.augment = enhanced.get_config().augment
   config.data.max_train_examples = 8192
   config.num_epochs = 4
