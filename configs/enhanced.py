@@ -68,10 +68,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = 'adam'            # or 'sgd' (momentum, nesterov below)
   config.momentum = 0.9
   config.nesterov = True
-  config.lr_schedule = 'step'          # the seed's StepLR; or 'cosine' (warm-up, then to zero)
+  config.lr_schedule = 'step'          # the seed's StepLR; 'cosine' (warm-up, then to zero); 'plateau'
   config.lr_decay_every_epochs = 8
   config.lr_decay_factor = 0.5
-  config.warmup_epochs = 0.0           # cosine only
+  config.warmup_epochs = 0.0           # cosine and plateau
+  # lr_schedule='plateau': x plateau_factor after plateau_patience epochs without a better
+  # validation accuracy, never below plateau_min_scale of the base rates.
+  config.plateau_factor = 0.5
+  config.plateau_patience = 5
+  config.plateau_min_scale = 0.01
   config.weight_decay = 1e-4
   config.label_smoothing = 0.0
   # Batch regularisers (fer_jax/regularize.py), all off as in the seed.

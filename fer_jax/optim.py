@@ -2,9 +2,11 @@
 
 Each group runs PyTorch's `Adam(weight_decay=wd)` (config.optimizer='adam', the seed) or
 `SGD(momentum, nesterov, weight_decay=wd)` ('sgd'): the L2 term is added to the gradient before the
-moments (coupled), then scaled by the group's schedule: the seed's StepLR ('step') or a linear
-warm-up into a cosine decay to zero over the run ('cosine').
+moments (coupled), then scaled by the group's schedule: the seed's StepLR ('step'), a linear
+warm-up into a cosine decay to zero over the run ('cosine'), or a warm-up into a constant rate that
+`Plateau` lowers when validation accuracy stops improving ('plateau', PyTorch's ReduceLROnPlateau).
 """
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -29,7 +31,7 @@ def param_labels(params: Any) -> Any:
   return flax.traverse_util.unflatten_dict({path: label(path, v) for path, v in flat.items()})
 
 
-SCHEDULES = ('step', 'cosine')
+SCHEDULES = ('step', 'cosine', 'plateau')
 OPTIMIZERS = ('adam', 'sgd')
 
 
@@ -45,6 +47,12 @@ def create_learning_rate_fn(base_lr: float, config: ml_collections.ConfigDict,
     warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps, decay_steps=total_steps)
+  if config.lr_schedule == 'plateau':  # the factor on top lives in the optimiser state
+    warmup_steps = int(config.warmup_epochs * steps_per_epoch)
+    if not warmup_steps:
+      return optax.constant_schedule(base_lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup_steps),
+                                 optax.constant_schedule(base_lr)], [warmup_steps])
   raise FerJaxError(f'config.lr_schedule={config.lr_schedule!r} is not a schedule; use one of '
                     f'{", ".join(SCHEDULES)}.')
 
@@ -76,5 +84,57 @@ def create_optimizer(config: ml_collections.ConfigDict,
                optax.trace(decay=config.momentum, nesterov=config.nesterov))
     return optax.chain(optax.add_decayed_weights(config.weight_decay), moments,
                        optax.scale_by_learning_rate(schedule))
-  return optax.multi_transform({group: with_l2(learning_rate_fns[group]) for group in GROUPS},
-                               param_labels)
+  tx = optax.multi_transform({group: with_l2(learning_rate_fns[group]) for group in GROUPS},
+                             param_labels)
+  if config.lr_schedule != 'plateau':
+    return tx
+  # The plateau factor is a hyperparameter in the optimiser state: checkpointed with it, and set
+  # between epochs without recompiling the step.
+  return optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))
+
+
+def plateau_scale(opt_state: Any) -> Any:
+  return opt_state[1].hyperparams['step_size']
+
+
+def with_plateau_scale(opt_state: Any, scale: float) -> Any:
+  """The optimiser state of a 'plateau' run with its learning-rate factor set to `scale`."""
+  injected = opt_state[1]
+  hyperparams = {**injected.hyperparams,
+                 'step_size': jnp.asarray(scale, injected.hyperparams['step_size'].dtype)}
+  return (opt_state[0], injected._replace(hyperparams=hyperparams), *opt_state[2:])
+
+
+@dataclasses.dataclass
+class Plateau:
+  """ReduceLROnPlateau on validation accuracy: after `patience` epochs without a new best, the
+  factor on both groups' rates is multiplied by `factor`, down to `min_scale`."""
+  factor: float
+  patience: int
+  min_scale: float
+  scale: float = 1.0
+  best_accuracy: float = -1.0
+  epochs_without_improvement: int = 0
+
+  def update(self, accuracy: float) -> float:
+    if accuracy > self.best_accuracy:
+      self.best_accuracy, self.epochs_without_improvement = accuracy, 0
+    else:
+      self.epochs_without_improvement += 1
+      if self.epochs_without_improvement >= self.patience:
+        self.scale = max(self.scale * self.factor, self.min_scale)
+        self.epochs_without_improvement = 0
+    return self.scale
+
+
+def validate_plateau(config: ml_collections.ConfigDict) -> None:
+  if config.lr_schedule != 'plateau':
+    return
+  if not 0.0 < config.plateau_factor < 1.0:
+    raise FerJaxError(f'config.plateau_factor={config.plateau_factor} is out of range; set it in '
+                      '(0, 1), e.g. 0.5.')
+  if config.plateau_patience < 1:
+    raise FerJaxError(f'config.plateau_patience={config.plateau_patience} must be at least 1 epoch.')
+  if not 0.0 <= config.plateau_min_scale <= 1.0:
+    raise FerJaxError(f'config.plateau_min_scale={config.plateau_min_scale} is out of range; set '
+                      'it in [0, 1].')

@@ -214,11 +214,15 @@ class EarlyStopping:
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, epoch: int, stopper: EarlyStopping,
-                    history: list[dict[str, Any]]) -> dict[str, Any]:
+                    history: list[dict[str, Any]],
+                    plateau: optim.Plateau | None = None) -> dict[str, Any]:
   """The seed's model_info: what a checkpoint needs to be resumed or served on its own."""
-  return {'epoch': epoch, 'early_stopping': dataclasses.asdict(stopper), 'history': history,
+  meta = {'epoch': epoch, 'early_stopping': dataclasses.asdict(stopper), 'history': history,
           'model_config': config.model.to_dict(), 'train_config': json.loads(config.to_json()),
           'label_map': {str(k): v for k, v in LABEL_MAP.items()}}
+  if plateau is not None:
+    meta['plateau'] = dataclasses.asdict(plateau)
+  return meta
 
 
 def saves_latest(epoch: int, config: ml_collections.ConfigDict, stopper: EarlyStopping) -> bool:
@@ -236,6 +240,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f'{", ".join(models.MODELS)}.')
   lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch=100)  # any count: checks only
   optim.create_optimizer(config, lr_fns)
+  optim.validate_plateau(config)
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'steps_per_call',
                 'checkpoint_every_epochs'):
     if config.get(field, 1) < 1:
@@ -299,12 +304,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   checkpoints = Checkpoints(workdir)
   stopper, history, start_epoch = EarlyStopping(config.early_stopping_patience), [], 1
+  plateau = (optim.Plateau(config.plateau_factor, config.plateau_patience, config.plateau_min_scale)
+             if config.lr_schedule == 'plateau' else None)
   if checkpoints.latest_step() is not None:
     tree, meta = checkpoints.restore(LATEST, _state_tree(state))
     state = state.replace(**tree)
     # The counters continue; the patience is the current config's, so it can be changed on resume.
     stopper = EarlyStopping(**{**meta['early_stopping'], 'patience': config.early_stopping_patience})
     history, start_epoch = meta['history'], meta['epoch'] + 1
+    if plateau is not None and 'plateau' in meta:  # its counters continue; the knobs are config's
+      plateau = dataclasses.replace(plateau, **{k: meta['plateau'][k] for k in (
+          'scale', 'best_accuracy', 'epochs_without_improvement')})
     logging.info('resumed from %s at epoch %d (step %d)', workdir, meta['epoch'], int(state.step))
   metrics.write_history(workdir, history)
   state = parallel.replicate(state, mesh)
@@ -357,16 +367,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     eval_loss, eval_accuracy = evaluate(state.for_evaluation(), eval_split, config.eval_batch_size,
                                         p_eval_step)
     step_now = int(state.step)
+    lr_scale = 1.0
+    if plateau is not None:  # the factor this epoch trained with, then the next epoch's
+      lr_scale = float(optim.plateau_scale(state.opt_state))
+      state = state.replace(opt_state=parallel.replicate(
+          optim.with_plateau_scale(state.opt_state, plateau.update(eval_accuracy)), mesh))
     record = {'epoch': epoch, 'step': step_now, 'train_loss': train_loss,
               'train_accuracy': train_accuracy, 'eval_loss': eval_loss,
               'eval_accuracy': eval_accuracy, 'eval_split': eval_split.name,
-              'backbone_lr': float(lr_fns['backbone'](step_now - 1)),
-              'head_lr': float(lr_fns['head'](step_now - 1)),
+              'backbone_lr': float(lr_fns['backbone'](step_now - 1)) * lr_scale,
+              'head_lr': float(lr_fns['head'](step_now - 1)) * lr_scale,
               'epoch_seconds': time.perf_counter() - epoch_start,
               'train_images_per_second': steps_per_epoch * config.batch_size / train_seconds}
+    if plateau is not None:
+      record['lr_scale'] = lr_scale
     history.append(record)
     improved = stopper.update(epoch, eval_accuracy)
-    meta = checkpoint_meta(config, epoch, stopper, history)
+    meta = checkpoint_meta(config, epoch, stopper, history, plateau)
     save_latest = saves_latest(epoch, config, stopper)
     if save_latest or improved:
       tree = jax.device_get(_state_tree(state))

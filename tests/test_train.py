@@ -61,6 +61,52 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
   assert float(head(500)) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_plateau_lowers_the_rate_after_patience_epochs_without_a_better_accuracy():
+  plateau = optim.Plateau(factor=0.5, patience=2, min_scale=0.2)
+  scales = [plateau.update(a) for a in (0.30, 0.40, 0.40, 0.39, 0.41, 0.41, 0.41, 0.40, 0.40, 0.40)]
+  assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2]
+  assert plateau.best_accuracy == 0.41
+
+
+def test_plateau_schedule_warms_up_and_its_factor_scales_both_groups():
+  """Plain SGD (no momentum, no L2): the update is -lr * scale * g, the scale read from and set
+  in the optimiser state, so it is checkpointed with it and needs no recompilation."""
+  config = enhanced.get_config()
+  config.optimizer, config.momentum, config.weight_decay = 'sgd', 0.0, 0.0
+  config.lr_schedule, config.warmup_epochs, config.head_lr, config.backbone_lr = 'plateau', 1.0, 0.1, 0.01
+  fns = optim.create_learning_rate_fns(config, steps_per_epoch=10)
+  assert [float(fns['head'](t)) for t in (0, 5, 10, 1000)] == pytest.approx([0.0, 0.05, 0.1, 0.1])
+  tx = optim.create_optimizer(config, fns)
+  params = {'backbone': {'w': np.ones(2, np.float32)}, 'head': {'w': np.ones(1, np.float32)}}
+  grads = jax.tree_util.tree_map(lambda p: 2 * p, params)
+  state = tx.init(params)
+  for _ in range(10):  # through the warm-up
+    _, state = tx.update(grads, state, params)
+  assert float(optim.plateau_scale(state)) == 1.0
+  full, _ = tx.update(grads, state, params)
+  halved, _ = jax.jit(tx.update)(grads, optim.with_plateau_scale(state, 0.5), params)
+  np.testing.assert_allclose(full['head']['w'], [-0.2], rtol=1e-6)
+  np.testing.assert_allclose(full['backbone']['w'], [-0.02, -0.02], rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, 0.5 * b, rtol=1e-6), halved, full)
+
+
+def test_plateau_run_records_its_factor_in_history_state_and_checkpoint(tmp_path, generated_config):
+  config = generated_config.copy_and_resolve_references()
+  config.lr_schedule, config.plateau_patience, config.plateau_factor = 'plateau', 1, 0.5
+  # Rates of 0 keep the weights, so epoch 2 scores exactly what epoch 1 did: a plateau.
+  config.num_epochs, config.head_lr, config.backbone_lr = 2, 0.0, 0.0
+  state = train.train_and_evaluate(config, str(tmp_path))
+  first, second = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert second['eval_accuracy'] == first['eval_accuracy']
+  assert first['lr_scale'] == second['lr_scale'] == 1.0  # epoch 1 is always a new best
+  assert float(optim.plateau_scale(state.opt_state)) == 0.5  # what epoch 3 would train with
+  meta = Checkpoints(str(tmp_path)).restore_meta(LATEST)
+  assert meta['plateau']['scale'] == 0.5 and meta['plateau']['best_accuracy'] == first['eval_accuracy']
+  config.plateau_factor = 1.5
+  with pytest.raises(FerJaxError, match=r'config.plateau_factor=1.5 is out of range'):
+    train.validate_config(config)
+
+
 def test_sgd_with_nesterov_momentum_and_coupled_l2():
   """Two steps by hand: v = m v + g', update = -lr (g' + m v) with g' = g + wd w (PyTorch SGD)."""
   config = enhanced.get_config()
