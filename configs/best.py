@@ -16,8 +16,9 @@ sharing it with a second run: ~1.0 s per epoch alone, 1.2-2.1 s shared, ~55 s of
 was sized to 271 epochs, stopped by the device budget at 186, and resumed from 185 with
 --config.num_epochs=205 (no better epoch came). On this project's 2-core CPU an epoch takes
 ~8.5 min, so the schedule is ~1.5 days of CPU: use an accelerator (alone on an H100, 271 epochs
-are ~5 min). Epochs 1-167 of this file are exactly what that run did; its curve is within 2 points
-of its best by epoch 50 and peaks mid-run, so a shorter cosine (~100) is the next run to try.
+should take ~5 min, estimated from its ~1.0 s epochs). Epochs 1-167 of this file follow that run's
+schedule; its curve is within 2 points of its best by epoch 50 and peaks mid-run, so a shorter
+cosine (~100) is the next run to try.
 """
 import ml_collections
 
