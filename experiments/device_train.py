@@ -55,8 +55,8 @@ def log_path(workdir: str, args: argparse.Namespace) -> str:
   return os.path.join(args.work if name.startswith('calibrate') else args.out, f'{name}.log')
 
 
-def history(workdir: str, file_name: str = 'metrics.jsonl') -> list[dict]:
-  path = os.path.join(workdir, file_name)
+def history(path: str) -> list[dict]:
+  """A metrics.jsonl (a run's, or one brought back under another name); [] if there is none."""
   return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
 
 
@@ -157,7 +157,7 @@ def import_run(files_dir: str, name: str, summary_path: str, history_path: str,
   if not flat:
     sys.exit(f'{files_dir} has no {name}_best_float32_*.npz; import the run exported in float32.')
   meta = json.load(open(summary_path))['exports'][name]['meta']
-  runs = [json.loads(line) for line in open(history_path)]
+  runs = history(history_path)
   meta['history'] = [r for r in runs if r['epoch'] <= meta['epoch']]
   meta['label_map'] = {str(k): v for k, v in LABEL_MAP.items()}
   checkpoints = Checkpoints(workdir)
@@ -174,9 +174,8 @@ def curves(path: str, *runs: str) -> None:
   """Validation accuracy per epoch of NAME=metrics.jsonl runs in one figure."""
   sys.path.insert(0, ROOT)
   from fer_jax import plots
-  plots.study_curves({run.split('=', 1)[0]: history(os.path.dirname(run.split('=', 1)[1]),
-                                                    os.path.basename(run.split('=', 1)[1]))
-                      for run in runs}, path)
+  plots.study_curves({name: history(file_path)
+                      for name, file_path in (run.split('=', 1) for run in runs)}, path)
 
 
 def main() -> None:
@@ -231,7 +230,8 @@ def main() -> None:
   remaining = deadline - time.time()
   epochs = {}
   for name in recipes:
-    second = history(os.path.join(args.work, f'calibrate_{name}'))[1]['epoch_seconds']
+    calibration_run = history(os.path.join(args.work, f'calibrate_{name}', 'metrics.jsonl'))
+    second = calibration_run[1]['epoch_seconds']
     startup = calibration[name]['seconds'] - 2 * second
     per_epoch = second * len(recipes) * 1.08 + 0.3
     epochs[name] = int(min(args.max_epochs, max(2, (remaining - startup - 5) // per_epoch)))
@@ -241,7 +241,8 @@ def main() -> None:
         f'{epochs[name]} epochs')
   summary['runs'] = run_all(recipes, epochs, 'run', args, env, deadline)
 
-  summary['histories'] = {name: history(os.path.join(args.work, f'run_{name}')) for name in recipes}
+  summary['histories'] = {name: history(os.path.join(args.work, f'run_{name}', 'metrics.jsonl'))
+                          for name in recipes}
   best = {name: max((h['eval_accuracy'] for h in runs), default=0.0)
           for name, runs in summary['histories'].items()}
   winner = max(best, key=best.get)

@@ -94,15 +94,13 @@ def create_optimizer(config: ml_collections.ConfigDict,
 
 
 def plateau_scale(opt_state: Any) -> Any:
-  return opt_state[1].hyperparams['step_size']
+  return optax.tree_utils.tree_get(opt_state, 'step_size')
 
 
 def with_plateau_scale(opt_state: Any, scale: float) -> Any:
   """The optimiser state of a 'plateau' run with its learning-rate factor set to `scale`."""
-  injected = opt_state[1]
-  hyperparams = {**injected.hyperparams,
-                 'step_size': jnp.asarray(scale, injected.hyperparams['step_size'].dtype)}
-  return (opt_state[0], injected._replace(hyperparams=hyperparams), *opt_state[2:])
+  return optax.tree_utils.tree_set(
+      opt_state, step_size=jnp.asarray(scale, plateau_scale(opt_state).dtype))
 
 
 @dataclasses.dataclass

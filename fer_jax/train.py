@@ -369,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     step_now = int(state.step)
     lr_scale = 1.0
     if plateau is not None:  # the factor this epoch trained with, then the next epoch's
-      lr_scale = float(optim.plateau_scale(state.opt_state))
+      lr_scale = plateau.scale
       state = state.replace(opt_state=parallel.replicate(
           optim.with_plateau_scale(state.opt_state, plateau.update(eval_accuracy)), mesh))
     record = {'epoch': epoch, 'step': step_now, 'train_loss': train_loss,
