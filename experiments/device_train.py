@@ -156,9 +156,15 @@ def import_run(files_dir: str, name: str, summary_path: str, history_path: str,
       flat.update({key: shard[key] for key in shard.files})
   if not flat:
     sys.exit(f'{files_dir} has no {name}_best_float32_*.npz; import the run exported in float32.')
-  meta = json.load(open(summary_path))['exports'][name]['meta']
+  exports = json.load(open(summary_path)).get('exports', {})
+  if name not in exports:
+    sys.exit(f'{summary_path} has no export of run {name!r} (it has {sorted(exports) or "none"}); '
+             'pass the summary.json of the call that exported it.')
+  meta = exports[name]['meta']
   runs = history(history_path)
   meta['history'] = [r for r in runs if r['epoch'] <= meta['epoch']]
+  if not meta['history']:
+    sys.exit(f'{history_path} holds no epoch up to {meta["epoch"]}; pass the run\'s metrics.jsonl.')
   meta['label_map'] = {str(k): v for k, v in LABEL_MAP.items()}
   checkpoints = Checkpoints(workdir)
   checkpoints.save(BEST, meta['history'][-1]['step'],
