@@ -1,24 +1,21 @@
-"""The best recipe for EnhancedCNN48 (issue #9): the seed's model, a long schedule for an accelerator.
+"""The best recipe for EnhancedCNN48: the reference's model, a long schedule for an accelerator.
 
     python -m fer_jax.main --config configs/best.py --workdir runs/best --config.steps_per_call=448
 
 (steps_per_call=448, one epoch per compiled call, on an accelerator only: XLA:CPU unrolls the
-loop.) Changes from configs/enhanced.py (the seed): SGD with Nesterov momentum 0.9 and coupled L2
-5e-4, both groups at 0.01 (from scratch the seed's 1e-5 backbone barely moves), a two-epoch warm-up
+loop.) Changes from configs/enhanced.py (the reference's recipe): SGD with Nesterov momentum 0.9 and coupled
+L2 5e-4, both groups at 0.01 (from scratch a 1e-5 backbone barely moves), a two-epoch warm-up
 into a cosine decay to zero, label smoothing 0.1, random erasing on half the faces, an exponential
 moving average of the weights (0.999) for evaluation and serving, dropout_rate 0.3, light geometric
 augmentation (flip, +-10 deg rotation, shifts of 10 %, zooms of 15 %, 5 deg shear), batch 64.
 The CPU-sized recipe of the earlier shipped weights is configs/best_cpu.py.
 
 Reached (the shipped weights, README "Model card"; experiments/README.md, study 4): 68.12 %
-PublicTest at epoch 167 (EMA weights; 69.30 % with flip TTA, 70.97 % with ten crops), on one H100
-sharing it with a second run: ~1.0 s per epoch alone, 1.2-2.1 s shared, ~55 s of start-up; the run
-was sized to 271 epochs, stopped by the device budget at 186, and resumed from 185 with
---config.num_epochs=205 (no better epoch came). On this project's 2-core CPU an epoch takes
-~8.5 min, so the schedule is ~1.5 days of CPU: use an accelerator (alone on an H100, 271 epochs
-should take ~5 min, estimated from its ~1.0 s epochs). Epochs 1-167 of this file follow that run's
-schedule; its curve is within 2 points of its best by epoch 50 and peaks mid-run, so a shorter
-cosine (~100) is the next run to try.
+PublicTest at epoch 167 (EMA weights; 69.30 % with flip TTA, 70.97 % with ten crops) on one H100,
+at ~1.0 s per epoch and ~55 s of start-up. That run was stopped after epoch 186 of 271 and resumed
+from 185 with --config.num_epochs=205 (no better epoch came); epochs 1-167 of this file follow its
+schedule. Its curve is within 2 points of its best by epoch 50 and peaks mid-run, so a shorter
+cosine (~100 epochs) is worth trying. On a 2-core CPU an epoch takes 4-8 min: use an accelerator.
 """
 import ml_collections
 

@@ -1,20 +1,19 @@
-"""The CPU-sized recipe of the first shipped weights (issue #9): the seed's model, 8 epochs.
+"""The CPU-sized recipe of the first shipped weights: the reference's model, 8 epochs.
 
     FER2013_PATH=../shared/data/fer2013/fer2013.csv.gz \\
         python -m fer_jax.main --config configs/best_cpu.py --workdir runs/best
 
-Changes from configs/enhanced.py (the seed): both groups at 1e-3 (from scratch the seed's 1e-5
-backbone barely moves: README, "The seed's recipe on full FER2013"), Adam with a one-epoch warm-up
+Changes from configs/enhanced.py (the reference's recipe): both groups at 1e-3 (from scratch a 1e-5
+backbone barely moves: README, "Quick start"), Adam with a one-epoch warm-up
 into a cosine decay to zero over the run instead of StepLR, label smoothing 0.1 against FER2013's
-noisy labels, dropout_rate 0.3 (a short run cannot afford the seed's 0.5), light geometric
+noisy labels, dropout_rate 0.3 (a short run cannot afford the reference's 0.5), light geometric
 augmentation (flip, +-10 deg rotation, small shifts / zooms / shear), batch 64, BatchNorm
 statistics re-measured after each epoch (enhanced's default).
 
-Reached (the first shipped weights, replaced since): 56.87 % PublicTest after epoch 8, 57.23 % for
-the float16 export with BatchNorm re-measured on 4,096 faces, 58.15 % with flip TTA, in about
-115 min of the project's 2-core CPU (~8.5 min per epoch uncontended); the run was resumed with
---config.num_epochs=10 after epoch 3 and with 8 after epoch 4, so its cosine ended at epoch 8, not
-this file's 12. GPU time: not measured (the GPU run of a later session used configs/best.py).
+Reached: 56.87 % PublicTest after epoch 8 (57.23 % for a float16 export with BatchNorm re-measured
+on 4,096 faces, 58.15 % with flip TTA), in about 115 min of a 2-core CPU; that run's cosine ended
+at epoch 8 (resumed with --config.num_epochs=8), not this file's 12. configs/quick.py is its
+5-epoch version; configs/best.py the accelerator recipe.
 """
 import ml_collections
 

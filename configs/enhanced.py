@@ -1,4 +1,4 @@
-"""The seed's recipe: EnhancedCNN48 on FER2013, Adam with L2, 25 epochs, early stopping.
+"""The reference's recipe: EnhancedCNN48 on FER2013, Adam with L2, 25 epochs, early stopping.
 
     python -m fer_jax.main --config configs/enhanced.py --workdir runs/enhanced
 
@@ -17,6 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_classes = 7
   config.model.dropout_rate = 0.5
   config.model.dtype = 'float32'
+  # Transfer models (configs/transfer_vgg16.py): an ImageNet weight file and how to read it.
+  config.model.pretrained_weights = ''  # '' = random initialisation
+  config.model.first_conv = 'sum'       # RGB kernels -> one channel: 'sum' or 'luminance'
+  config.model.stride_in_1x1 = False    # True for Keras ResNet-50 weights (v1 strides)
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'fer2013'      # or 'arrays' (no TFDS), 'generated' (cartoon faces)
@@ -30,13 +34,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.generated_train_size = 2048
   config.data.generated_eval_size = 512
 
-  # The seed's 11 steps with the magnitudes of its PyTorch pipeline (README, "Augmentation").
+  # The reference's 11 steps with the magnitudes of its PyTorch pipeline (README, "Augmentation").
   config.augment = ml_collections.ConfigDict()
   config.augment.steps = 'flip,rotate,affine,perspective,contrast,brightness,sharpness,clahe,noise'
   config.augment.flip_prob = 0.5
   config.augment.rotate_degrees = 20.0
   config.augment.rotate_prob = 1.0
-  config.augment.fill = 128          # grey outside the warped face, as the seed
+  config.augment.fill = 128          # grey outside the warped face, as the reference
   config.augment.affine_translate = 0.1  # fraction of the side
   config.augment.affine_scale = 0.1      # scale in 1 +- this
   config.augment.affine_shear = 10.0     # degrees, x-shear
@@ -68,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = 'adam'            # or 'sgd' (momentum, nesterov below)
   config.momentum = 0.9
   config.nesterov = True
-  config.lr_schedule = 'step'          # the seed's StepLR; 'cosine' (warm-up, then to zero); 'plateau'
+  config.lr_schedule = 'step'          # the reference's StepLR; 'cosine' (warm-up, then to zero); 'plateau'
   config.lr_decay_every_epochs = 8
   config.lr_decay_factor = 0.5
   config.warmup_epochs = 0.0           # cosine and plateau
@@ -79,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.plateau_min_scale = 0.01
   config.weight_decay = 1e-4
   config.label_smoothing = 0.0
-  # Batch regularisers (fer_jax/regularize.py), all off as in the seed.
+  # Batch regularisers (fer_jax/regularize.py), all off as in the reference.
   config.mixup_alpha = 0.0             # Beta(alpha, alpha) mixing weight; 0 = off
   config.cutmix_alpha = 0.0
   config.cutmix_prob = 0.5             # share of cutmix batches when both are on
@@ -87,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.class_weighting = 0.0         # 0 = none, 1 = inverse class frequency, 0.5 = its sqrt
   config.ema_decay = 0.0               # >0: evaluate / checkpoint-serve a moving average of the weights
   # BatchNorm statistics for evaluation re-measured after each epoch on this many clean training
-  # faces (dropout off, no augmentation); 0 keeps the training-time running averages as the seed.
+  # faces (dropout off, no augmentation); 0 keeps the training-time running averages as the reference.
   # Why: fer_jax/batchnorm.py (27.6 % -> 43.6 % PublicTest, same weights).
   config.bn_recalibration_faces = 2048
   # The latest checkpoint every N epochs (and at the last); the best one whenever it improves.
@@ -97,5 +101,5 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log_every_steps = 50
   config.progress_bar = True
-  config.fast_cpu = True  # see fer_jax.parallel.configure_cpu_backend; FER_JAX_FAST_CPU=0 also disables
+  config.fast_cpu = True  # see fer_jax.cli.configure_cpu_backend; FER_JAX_FAST_CPU=0 also disables
   return config

@@ -4,7 +4,7 @@
     python -m fer_jax.main --config configs/smoke.py --workdir runs/smoke_generated \\
         --config.data.source=generated      # no FER2013 needed
 
-The seed's 1e-5 backbone rate barely moves a randomly initialised backbone in so few steps, so
+The reference's 1e-5 backbone rate barely moves a randomly initialised backbone in so few steps, so
 smoke trains both groups at 1e-3.
 """
 import ml_collections

@@ -1,8 +1,8 @@
-"""The base of the first studies (experiments/): the seed's recipe sized for a 2-core CPU.
+"""The base of the first studies (experiments/): the reference's recipe sized for a 2-core CPU.
 
 The first 2,048 Training faces, all 3,589 PublicTest faces, 3 epochs, flips only, both groups at
 1e-3, no early stopping; BatchNorm statistics re-measured on the 2,048 faces after each epoch
-(fer_jax/batchnorm.py). About 1 min per epoch on the project's CPU when nothing else runs.
+(fer_jax/batchnorm.py). About 1 min per epoch on a 2-core CPU when nothing else runs.
 """
 import ml_collections
 

@@ -1,4 +1,4 @@
-"""The "traditional" route the seed compares itself with, kept to be measured.
+"""The "traditional" route the reference compares itself with, kept to be measured.
 
     python experiments/native_vs_upsampled.py
 

@@ -1,4 +1,4 @@
-"""Study 2: augmentation ablation: none / flip only / the seed's 11 steps / 11 steps ramped in.
+"""Study 2: augmentation ablation: none / flip only / the reference's 11 steps / 11 steps ramped in.
 
     python -m fer_jax.study experiments/augmentation.py --workdir runs/study_augmentation
 

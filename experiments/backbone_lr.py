@@ -1,4 +1,4 @@
-"""Study 1: the seed's 1e-5 backbone / 1e-3 head versus 1e-3 for both, training from scratch.
+"""Study 1: the reference's 1e-5 backbone / 1e-3 head versus 1e-3 for both, training from scratch.
 
     python -m fer_jax.study experiments/backbone_lr.py --workdir runs/study_backbone_lr
 

@@ -1,4 +1,4 @@
-"""Study 1 again on the larger base: the seed's 1e-5 backbone / 1e-3 head vs 1e-3 for both.
+"""Study 1 again on the larger base: the reference's 1e-5 backbone / 1e-3 head vs 1e-3 for both.
 
     python -m fer_jax.study experiments/backbone_lr_medium.py --workdir runs/study_backbone_lr_medium
 

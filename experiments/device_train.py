@@ -1,5 +1,5 @@
 """Trains recipes side by side on one accelerator inside a fixed time budget, then brings the
-best checkpoint of each back as plain arrays: the issue #9 run on a lent GPU, in one call.
+best checkpoint of each back as plain arrays, in one call.
 
     python experiments/device_train.py --arrays fer2013_arrays.npz.xz --out OUT --budget_s 500 \\
         --recipe "sgd configs/best.py" \\
@@ -136,7 +136,9 @@ def export(workdir: str, name: str, full_precision: bool, out: str) -> tuple[lis
     path = os.path.join(out, f'{name}_best_{np.dtype(dtype).name}_{index}.npz')
     np.savez(path, **shard)
     written.append(os.path.basename(path))
-  return written, {k: meta[k] for k in ('epoch', 'early_stopping', 'model_config', 'train_config')}
+  # The history travels as metrics.jsonl; the import puts it back into the run state.
+  return written, {'run': {**meta['run'], 'history': []},
+                   **{k: meta[k] for k in ('model_config', 'train_config')}}
 
 
 def import_run(files_dir: str, name: str, summary_path: str, history_path: str,
@@ -161,18 +163,18 @@ def import_run(files_dir: str, name: str, summary_path: str, history_path: str,
     sys.exit(f'{summary_path} has no export of run {name!r} (it has {sorted(exports) or "none"}); '
              'pass the summary.json of the call that exported it.')
   meta = exports[name]['meta']
-  runs = history(history_path)
-  meta['history'] = [r for r in runs if r['epoch'] <= meta['epoch']]
-  if not meta['history']:
-    sys.exit(f'{history_path} holds no epoch up to {meta["epoch"]}; pass the run\'s metrics.jsonl.')
+  runs, run = history(history_path), meta['run']
+  run['history'] = [r for r in runs if r['epoch'] <= run['epoch']]
+  if not run['history']:
+    sys.exit(f'{history_path} holds no epoch up to {run["epoch"]}; pass the run\'s metrics.jsonl.')
   meta['label_map'] = {str(k): v for k, v in LABEL_MAP.items()}
   checkpoints = Checkpoints(workdir)
-  checkpoints.save(BEST, meta['history'][-1]['step'],
+  checkpoints.save(BEST, run['history'][-1]['step'],
                    flax.traverse_util.unflatten_dict(flat, sep='/'), meta)
   checkpoints.wait()
   checkpoints.close()
   metrics.write_history(workdir, runs)
-  print(f'{workdir}: best checkpoint of epoch {meta["epoch"]} ({len(flat)} arrays), '
+  print(f'{workdir}: best checkpoint of epoch {run["epoch"]} ({len(flat)} arrays), '
         f'{len(runs)} epochs of history')
 
 

@@ -1,4 +1,4 @@
-"""Study 3: dropout_rate 0.3 / 0.5 (the seed) / 0.7, scaling every dropout layer's rate.
+"""Study 3: dropout_rate 0.3 / 0.5 (the reference) / 0.7, scaling every dropout layer's rate.
 
     python -m fer_jax.study experiments/dropout.py --workdir runs/study_dropout
 

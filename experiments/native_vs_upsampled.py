@@ -1,4 +1,4 @@
-"""The seed's size and speed claims for native 48x48 transfer learning, measured.
+"""The reference's size and speed claims for native 48x48 transfer learning, measured.
 
     python experiments/native_vs_upsampled.py --data ../shared/data/fer2013/fer2013.csv.gz \\
         --out experiments/native_vs_upsampled.md
@@ -6,8 +6,8 @@
 For the enhanced CNN (configs/enhanced.py), native VGG16 (configs/transfer_vgg16.py) and the
 traditional route (configs/upsampled_224_rgb.py: 224x224, grey copied to RGB, VGG16 with its own
 classifier): parameters, XLA's memory analysis of the compiled train step, and train-step images/s
-on this machine (the seed's 11-step augmentation included, batch --batch_size, one process, one
-run). Writes a markdown table with the ratios native / upsampled beside the seed's claims
+on this machine (the reference's 11-step augmentation included, batch --batch_size, one process, one
+run). Writes a markdown table with the ratios native / upsampled beside the reference's claims
 (97 % fewer parameters, 90 % less memory, 75 % faster training).
 """
 import os
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('data', '', 'A FER2013 CSV whose Training faces to step on; empty = generated.')
-flags.DEFINE_integer('batch_size', 32, 'Train-step batch size (the seed trains at 32).')
+flags.DEFINE_integer('batch_size', 32, 'Train-step batch size (the reference trains at 32).')
 flags.DEFINE_integer('steps', 6, 'Timed steps for the 48x48 models (after 2 warm-up steps).')
 flags.DEFINE_integer('upsampled_steps', 2, 'Timed steps for the 224x224 model (after 1 warm-up).')
 flags.DEFINE_string('out', '', 'Where to write the markdown table (also printed).')
@@ -60,8 +60,8 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str]) -> None:
   del argv
-  from fer_jax import bench, parallel
-  parallel.configure_cpu_backend(True)
+  from fer_jax import bench, cli
+  cli.configure_cpu_backend(True)
   images, labels, description = bench.load_faces(FLAGS.data, FLAGS.batch_size)
   results = {}
   for label, key in ROWS:

@@ -1,4 +1,4 @@
-"""fer_jax beside the seed's PyTorch code, measured in one run on the same faces.
+"""fer_jax beside the reference's PyTorch code, measured in one run on the same faces.
 
     python -m fer_jax.bench --data ../shared/data/fer2013/fer2013.csv.gz \\
         --torch_dir=../shared/bench --json_out=bench.json
@@ -19,7 +19,9 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
+
+from fer_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -38,7 +40,7 @@ def define_flags() -> None:
   flags.DEFINE_integer('torch_batches', 40, 'Batches torch_seed_pipeline.py times.')
   flags.DEFINE_bool('breakdown', True, 'Time the parts of a batch-32 step on their own.')
   flags.DEFINE_string('json_out', '', 'Where to write the figures as JSON.')
-  flags.DEFINE_bool('fast_cpu', True, 'Use the YNNPACK-for-dots-only XLA flag (fer_jax.parallel).')
+  flags.DEFINE_bool('fast_cpu', True, 'Use the YNNPACK-for-dots-only XLA flag (fer_jax.cli).')
 
 
 def images_per_second(fn: Callable[[], Any], images_per_call: int, calls: int, warmup: int = 2) -> float:
@@ -75,7 +77,7 @@ def load_faces(path: str, minimum: int) -> tuple[Any, Any, str]:
 
 class FerJaxBench:
   """Everything timed on fer_jax's side, built from a config (default configs/enhanced.py, the
-  seed's recipe)."""
+  reference's recipe)."""
 
   def __init__(self, images, labels, config: Any = None):
     import jax
@@ -174,7 +176,7 @@ class FerJaxBench:
 
   def predictor(self, steps: int) -> dict[str, Any]:
     """The Predictor as a user calls it: host arrays in, probabilities out, compiled once."""
-    from fer_jax.predict import Predictor
+    from fer_jax.predictor import Predictor
     predictor = Predictor(self.config.model.to_dict(),
                           {'params': self.initial.params, 'batch_stats': self.initial.batch_stats})
     faces = self.images[:predictor.batch_size]
@@ -244,8 +246,6 @@ def _row(name: str, batch: Any, ours: float, theirs: float | None, memory: str =
 
 def main(argv: list[str]) -> None:
   del argv
-  from fer_jax import parallel
-  parallel.configure_cpu_backend(FLAGS.fast_cpu)
   import jax
   train_sizes = [int(b) for b in FLAGS.train_batch_sizes]
   infer_sizes = [int(b) for b in FLAGS.infer_batch_sizes]
@@ -316,4 +316,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main, fast_cpu=lambda: FLAGS.fast_cpu)

@@ -1,15 +1,17 @@
-"""Entry point: `python -m fer_jax.main --config configs/enhanced.py --workdir runs/enhanced`.
+"""Trains a model: `python -m fer_jax.main --config configs/enhanced.py --workdir runs/enhanced`.
 
-Kept short on purpose (as flax's examples): the work is in `train.train_and_evaluate`, which tests
-and studies call directly. Override any field with `--config.<field>=<value>`.
+Override any config field with `--config.<field>=<value>`. Running again with the same workdir
+resumes from its latest checkpoint. The work is in `train.train_and_evaluate`, which tests and
+studies call directly.
 """
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from fer_jax import cli
+
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the model summary go.')
+flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics, curves and the model summary go; '
+                    'an existing run there is resumed.')
 config_flags.DEFINE_config_file('config', None, 'A config file, e.g. configs/enhanced.py.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -18,18 +20,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  # The CPU backend reads XLA_FLAGS when it starts, so configure before any jax computation.
-  from fer_jax import parallel
-  parallel.configure_cpu_backend(FLAGS.config.get('fast_cpu', True))
+  from absl import logging
   import jax
-  from fer_jax import FerJaxError, metrics, train
-  logging.get_absl_handler().addFilter(metrics.quiet_orbax)
-  logging.info('JAX %s, devices: %s', jax.__version__, jax.local_devices())
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except FerJaxError as e:
-    sys.exit(f'error: {e}')
+  from fer_jax import train
+  logging.info('JAX %s on %s', jax.__version__, ', '.join(str(d) for d in jax.devices()))
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, fast_cpu=lambda: FLAGS.config.fast_cpu)

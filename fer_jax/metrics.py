@@ -10,11 +10,6 @@ from absl import logging
 METRICS_FILE = 'metrics.jsonl'
 
 
-def quiet_orbax(record) -> bool:
-  """A log filter: Orbax logs every save step at INFO; keep its warnings, drop the chatter."""
-  return record.levelno > logging.converter.STANDARD_INFO or 'orbax' not in record.pathname
-
-
 def write_history(workdir: str, history: list[dict[str, Any]]) -> None:
   """Rewrites metrics.jsonl from the checkpointed history, so it matches a resumed run exactly."""
   path = os.path.join(workdir, METRICS_FILE)

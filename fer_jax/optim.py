@@ -1,12 +1,11 @@
 """The optimiser: backbone and head get their own learning rate through `optax.multi_transform`.
 
-Each group runs PyTorch's `Adam(weight_decay=wd)` (config.optimizer='adam', the seed) or
+Each group runs PyTorch's `Adam(weight_decay=wd)` (config.optimizer='adam', the reference) or
 `SGD(momentum, nesterov, weight_decay=wd)` ('sgd'): the L2 term is added to the gradient before the
-moments (coupled), then scaled by the group's schedule: the seed's StepLR ('step'), a linear
+moments (coupled), then scaled by the group's schedule: the reference's StepLR ('step'), a linear
 warm-up into a cosine decay to zero over the run ('cosine'), or a warm-up into a constant rate that
-`Plateau` lowers when validation accuracy stops improving ('plateau', PyTorch's ReduceLROnPlateau).
+`RunState.update_plateau` lowers when validation accuracy stops improving ('plateau', PyTorch's ReduceLROnPlateau).
 """
-import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -38,7 +37,7 @@ OPTIMIZERS = ('adam', 'sgd')
 def create_learning_rate_fn(base_lr: float, config: ml_collections.ConfigDict,
                             steps_per_epoch: int) -> optax.Schedule:
   """Learning rate per step for one group, from config.lr_schedule."""
-  if config.lr_schedule == 'step':  # the seed's StepLR: x decay_factor every decay_every_epochs
+  if config.lr_schedule == 'step':  # the reference's StepLR: x decay_factor every decay_every_epochs
     return optax.exponential_decay(
         init_value=base_lr, transition_steps=config.lr_decay_every_epochs * steps_per_epoch,
         decay_rate=config.lr_decay_factor, staircase=True)
@@ -62,7 +61,7 @@ def create_learning_rate_fns(config: ml_collections.ConfigDict,
   """Per-group schedules; the backbone's is 0 for config.freeze_backbone_epochs (a pretrained
   backbone kept still while a fresh head learns)."""
   backbone = create_learning_rate_fn(config.backbone_lr, config, steps_per_epoch)
-  frozen_steps = config.get('freeze_backbone_epochs', 0) * steps_per_epoch
+  frozen_steps = config.freeze_backbone_epochs * steps_per_epoch
   if frozen_steps:
     backbone = functools.partial(_frozen_until, frozen_steps=frozen_steps, schedule=backbone)
   return {'backbone': backbone,
@@ -101,28 +100,6 @@ def with_plateau_scale(opt_state: Any, scale: float) -> Any:
   """The optimiser state of a 'plateau' run with its learning-rate factor set to `scale`."""
   return optax.tree_utils.tree_set(
       opt_state, step_size=jnp.asarray(scale, plateau_scale(opt_state).dtype))
-
-
-@dataclasses.dataclass
-class Plateau:
-  """ReduceLROnPlateau on validation accuracy: after `patience` epochs without a new best, the
-  factor on both groups' rates is multiplied by `factor`, down to `min_scale`."""
-  factor: float
-  patience: int
-  min_scale: float
-  scale: float = 1.0
-  best_accuracy: float = -1.0
-  epochs_without_improvement: int = 0
-
-  def update(self, accuracy: float) -> float:
-    if accuracy > self.best_accuracy:
-      self.best_accuracy, self.epochs_without_improvement = accuracy, 0
-    else:
-      self.epochs_without_improvement += 1
-      if self.epochs_without_improvement >= self.patience:
-        self.scale = max(self.scale * self.factor, self.min_scale)
-        self.epochs_without_improvement = 0
-    return self.scale
 
 
 def validate_plateau(config: ml_collections.ConfigDict) -> None:

@@ -3,7 +3,6 @@
 State is replicated, the batch is split on its leading axis. Under jit, BatchNorm sees the global
 batch and gradients are reduced by XLA, so one step on N devices computes what one device would.
 """
-import os
 from typing import Any, Callable
 
 import jax
@@ -11,19 +10,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fer_jax import FerJaxError
-
-# jaxlib's default YNNPACK fusion of convolutions is slow on x86 CPUs; routing only dots to it is
-# faster and numerically equivalent. Set before the CPU backend starts; FER_JAX_FAST_CPU=0 opts out.
-FAST_CPU_XLA_FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot'
-
-
-def configure_cpu_backend(enable: bool = True) -> None:
-  if not enable or os.environ.get('FER_JAX_FAST_CPU', '1') == '0':
-    return
-  flags = os.environ.get('XLA_FLAGS', '')
-  if 'ynn_fusion_type' not in flags:
-    os.environ['XLA_FLAGS'] = f'{flags} {FAST_CPU_XLA_FLAG}'.strip()
-
 
 def make_mesh() -> Mesh:
   return Mesh(np.array(jax.local_devices()), ('data',))

@@ -10,15 +10,12 @@ the PublicTest accuracy of the stored half-precision weights, measured here at e
 """
 import json
 import os
-import sys
 from typing import Any
 
 from absl import app, flags
-import flax
-import jax
 import numpy as np
 
-from fer_jax import FerJaxError, parallel
+from fer_jax import FerJaxError, cli
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
 NAME = 'fer2013_cnn48'
@@ -31,11 +28,14 @@ def paths(directory: str = WEIGHTS_DIR, name: str = NAME) -> tuple[str, str]:
 
 
 def to_half(variables: dict[str, Any], dtype: str = 'float16') -> dict[str, np.ndarray]:
+  import flax
+  import jax
   flat = flax.traverse_util.flatten_dict(jax.device_get(variables), sep='/')
   return {name: np.asarray(value).astype(dtype) for name, value in flat.items()}
 
 
 def from_half(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+  import flax
   return flax.traverse_util.unflatten_dict(
       {name: np.asarray(value, np.float32) for name, value in arrays.items()}, sep='/')
 
@@ -82,34 +82,30 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1 or not FLAGS.workdir or not FLAGS.data:
     raise app.UsageError('usage: python -m fer_jax.pretrained --workdir W --data CSV [--checkpoint]')
-  parallel.configure_cpu_backend()  # before JAX starts (README, "Speed")
-  from absl import logging
-  from fer_jax import evaluate, metrics
+  if FLAGS.dtype not in ('float16', 'bfloat16'):
+    raise FerJaxError(f'--dtype={FLAGS.dtype} is not stored; use float16 or bfloat16.')
+  import jax
+  from fer_jax import evaluation
   from fer_jax.checkpoint import load_for_inference
-  from fer_jax.predict import Predictor
-  logging.get_absl_handler().addFilter(metrics.quiet_orbax)
-  try:
-    if FLAGS.dtype not in ('float16', 'bfloat16'):
-      raise FerJaxError(f'--dtype={FLAGS.dtype} is not stored; use float16 or bfloat16.')
-    variables, meta = load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
-    predictor = Predictor(meta['model_config'], variables, meta.get('label_map'))
-    train_faces, _ = evaluate.load_eval_data(FLAGS.data, 'train')
-    faces, labels = evaluate.load_eval_data(FLAGS.data, 'validation')
-  except FerJaxError as e:
-    sys.exit(f'error: {e}')
+  from fer_jax.predictor import Predictor
+  variables, meta = load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
+  predictor = Predictor(meta['model_config'], variables, meta['label_map'])
+  train_faces, _ = evaluation.load_eval_data(FLAGS.data, 'train')
+  faces, labels = evaluation.load_eval_data(FLAGS.data, 'validation')
   if FLAGS.recalibrate_bn:
     predictor.recalibrate_batch_stats(train_faces[:FLAGS.recalibrate_bn])
   # Score what ships: the weights after the round trip through half precision.
   if FLAGS.dtype == 'bfloat16':
     import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy; a jax dependency)
   predictor.variables = jax.device_put(from_half(to_half(predictor.variables, FLAGS.dtype)))
-  reports = evaluate.evaluate(predictor, faces, labels, ['none', 'flip', 'ten_crop'])
+  reports = evaluation.evaluate(predictor, faces, labels, ['none', 'flip', 'ten_crop'], progress=True)
   start, stop = CHECK_SLICE
-  slice_report = evaluate.evaluate(predictor, faces[start:stop], labels[start:stop], ['none'])
+  slice_report = evaluation.evaluate(predictor, faces[start:stop], labels[start:stop], ['none'])
+  run = meta['run']
   card = {'model_config': meta['model_config'], 'label_map': meta['label_map'], 'dtype': FLAGS.dtype,
-          'source': {'workdir': FLAGS.workdir, 'checkpoint': FLAGS.checkpoint, 'epoch': meta['epoch'],
+          'source': {'workdir': FLAGS.workdir, 'checkpoint': FLAGS.checkpoint, 'epoch': run['epoch'],
                      'recipe': FLAGS.recipe, 'recalibrate_bn': FLAGS.recalibrate_bn,
-                     'history': meta['history']},
+                     'history': run['history']},
           'publictest': {variant: {'accuracy': r['accuracy'], 'macro_f1': r['macro_f1'],
                                    'recall': {k: v['recall'] for k, v in r['per_class'].items()}}
                          for variant, r in reports.items()},
@@ -124,4 +120,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -1,8 +1,8 @@
-"""Batch-level regularisers of the accuracy recipe (issue #9), applied in the train step after the
+"""Batch-level regularisers of the accuracy recipe, applied in the train step after the
 per-face augmentation: mixup / cutmix (soft targets), random erasing, and class weights for
 FER2013's rare classes (disgust: 436 of 28,709 training faces).
 
-All are off in configs/enhanced.py (the seed has none) and switched on by config fields:
+All are off in configs/enhanced.py (the reference has none) and switched on by config fields:
 `mixup_alpha`, `cutmix_alpha` (+ `cutmix_prob` when both are on), `random_erasing`,
 `class_weighting`.
 """
@@ -67,8 +67,8 @@ def random_erase(images: jax.Array, key: jax.Array, prob: float) -> jax.Array:
 
 def make_mix_fn(config: ml_collections.ConfigDict) -> MixFn | None:
   """The batch regulariser the config asks for, or None (the step then uses hard labels)."""
-  mixup_alpha, cutmix_alpha = config.get('mixup_alpha', 0.0), config.get('cutmix_alpha', 0.0)
-  erasing, cutmix_prob = config.get('random_erasing', 0.0), config.get('cutmix_prob', 0.5)
+  mixup_alpha, cutmix_alpha = config.mixup_alpha, config.cutmix_alpha
+  erasing, cutmix_prob = config.random_erasing, config.cutmix_prob
   if not (mixup_alpha or cutmix_alpha or erasing):
     return None
 
@@ -103,8 +103,8 @@ def class_weights(labels: np.ndarray, num_classes: int, power: float) -> np.ndar
 
 def validate(config: ml_collections.ConfigDict) -> None:
   for field in ('mixup_alpha', 'cutmix_alpha', 'class_weighting'):
-    if config.get(field, 0.0) < 0:
+    if config[field] < 0:
       raise FerJaxError(f'config.{field}={config[field]} is negative; use 0 (off) or more.')
   for field in ('random_erasing', 'cutmix_prob'):
-    if not 0.0 <= config.get(field, 0.0) <= 1.0:
+    if not 0.0 <= config[field] <= 1.0:
       raise FerJaxError(f'config.{field}={config[field]} is a probability; set it in [0, 1].')

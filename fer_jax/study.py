@@ -34,7 +34,7 @@ from absl import app, flags, logging
 import ml_collections
 import numpy as np
 
-from fer_jax import FerJaxError, metrics
+from fer_jax import FerJaxError, cli, metrics
 
 FLAGS = flags.FLAGS
 
@@ -304,30 +304,28 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
     raise app.UsageError('usage: python -m fer_jax.study experiments/<name>.py --workdir runs/<name>')
-  from fer_jax import parallel
-  try:
-    # Before anything touches JAX: validating the study starts the CPU backend, after which the
-    # fast-CPU XLA flag would be ignored.
-    module = _load_module(argv[1])
-    parallel.configure_cpu_backend(module.get_config().get('fast_cpu', True))
-    study = load_study(argv[1], module)
-    if not 0 <= FLAGS.shard_index < FLAGS.num_shards:
-      raise FerJaxError(f'--shard_index={FLAGS.shard_index} is not in [0, --num_shards='
-                        f'{FLAGS.num_shards}); pick one of 0..{FLAGS.num_shards - 1}.')
-    if FLAGS.dry_run:
-      print('\n'.join(t.name for t in study.trials))
-      return
-    logging.get_absl_handler().addFilter(metrics.quiet_orbax)
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    if not FLAGS.results_only:
-      run_trials(study, FLAGS.workdir, FLAGS.shard_index, FLAGS.num_shards)
-    write_results(study, FLAGS.workdir)
-    with open(os.path.join(FLAGS.workdir, 'results.md')) as f:
-      print(f.read())
-  except FerJaxError as e:
-    raise SystemExit(f'error: {e}') from None
+  # Before anything touches JAX: validating the study starts the CPU backend, after which the
+  # fast-CPU XLA flag would be ignored.
+  module = _load_module(argv[1])
+  cli.configure_cpu_backend(module.get_config().fast_cpu)
+  study = load_study(argv[1], module)
+  if not 0 <= FLAGS.shard_index < FLAGS.num_shards:
+    raise FerJaxError(f'--shard_index={FLAGS.shard_index} is not in [0, --num_shards='
+                      f'{FLAGS.num_shards}); pick one of 0..{FLAGS.num_shards - 1}.')
+  if FLAGS.dry_run:
+    print('\n'.join(t.name for t in study.trials))
+    return
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  logging.info('study %s: %d trials in %s, each in its own sub-workdir', argv[1], len(study.trials),
+               os.path.abspath(FLAGS.workdir))
+  if not FLAGS.results_only:
+    run_trials(study, FLAGS.workdir, FLAGS.shard_index, FLAGS.num_shards)
+  write_results(study, FLAGS.workdir)
+  with open(os.path.join(FLAGS.workdir, 'results.md')) as f:
+    print(f.read())
+  logging.info('wrote results.csv, results.md and plots to %s', os.path.abspath(FLAGS.workdir))
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main, fast_cpu=None)

@@ -5,7 +5,6 @@ checkpoint draws the same batches, flips and dropout masks as one that never sto
 split lives on the device; each epoch's order is drawn there and `config.steps_per_call` steps run
 per compiled call (lax.scan), so batch 32 on an accelerator is not bound by dispatch or the host.
 """
-import dataclasses
 import functools
 import json
 import os
@@ -24,6 +23,7 @@ import optax
 from fer_jax import (LABEL_MAP, FerJaxError, augment, batchnorm, data, metrics, models, optim,
                      parallel, plots, regularize)
 from fer_jax.checkpoint import BEST, LATEST, Checkpoints
+from fer_jax.run_state import RunState
 
 
 class TrainState(train_state.TrainState):
@@ -43,11 +43,11 @@ def create_train_state(rng: jax.Array, model: flax.linen.Module, tx: optax.Gradi
   """Fresh state; a transfer model's backbone comes from model_config.pretrained_weights if set."""
   init_key, state_key = jax.random.split(rng)
   variables = models.init_variables(model, init_key)
-  if model_config is not None and model_config.get('pretrained_weights'):
+  if model_config is not None and model_config.pretrained_weights:
     from fer_jax.models import weights
     variables = weights.import_backbone(
         variables, model_config.name, model_config.pretrained_weights,
-        model_config.get('first_conv', 'sum'), model_config.get('stride_in_1x1', False))
+        model_config.first_conv, model_config.stride_in_1x1)
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
                            batch_stats=variables['batch_stats'], tx=tx, rng=state_key,
                            # a copy: the train step donates the state, and a shared buffer
@@ -148,7 +148,7 @@ def make_train_functions(config: ml_collections.ConfigDict, mesh: jax.sharding.M
   step_fn = functools.partial(
       train_step, augment_fn=augment_fn, label_smoothing=config.label_smoothing,
       mix_fn=regularize.make_mix_fn(config), num_classes=config.model.num_classes,
-      ema_decay=config.get('ema_decay', 0.0),
+      ema_decay=config.ema_decay,
       class_weights=None if class_weights is None else jnp.asarray(class_weights))
   p_train_steps = jax.jit(
       functools.partial(train_steps, step_fn=step_fn, batch_sharding=parallel.batch_sharded(mesh)),
@@ -193,42 +193,17 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
   return tree
 
 
-@dataclasses.dataclass
-class EarlyStopping:
-  patience: int
-  best_accuracy: float = -1.0
-  best_epoch: int = 0
-  epochs_without_improvement: int = 0
-
-  def update(self, epoch: int, accuracy: float) -> bool:
-    """Records an epoch; True when it is a new best."""
-    if accuracy > self.best_accuracy:
-      self.best_accuracy, self.best_epoch, self.epochs_without_improvement = accuracy, epoch, 0
-      return True
-    self.epochs_without_improvement += 1
-    return False
-
-  @property
-  def should_stop(self) -> bool:
-    return self.patience > 0 and self.epochs_without_improvement >= self.patience
-
-
-def checkpoint_meta(config: ml_collections.ConfigDict, epoch: int, stopper: EarlyStopping,
-                    history: list[dict[str, Any]],
-                    plateau: optim.Plateau | None = None) -> dict[str, Any]:
-  """The seed's model_info: what a checkpoint needs to be resumed or served on its own."""
-  meta = {'epoch': epoch, 'early_stopping': dataclasses.asdict(stopper), 'history': history,
-          'model_config': config.model.to_dict(), 'train_config': json.loads(config.to_json()),
+def checkpoint_meta(config: ml_collections.ConfigDict, run: RunState) -> dict[str, Any]:
+  """What a checkpoint needs to be resumed or served on its own (the reference's model_info)."""
+  return {'run': run.to_json(), 'model_config': config.model.to_dict(),
+          'train_config': json.loads(config.to_json()),
           'label_map': {str(k): v for k, v in LABEL_MAP.items()}}
-  if plateau is not None:
-    meta['plateau'] = dataclasses.asdict(plateau)
-  return meta
 
 
-def saves_latest(epoch: int, config: ml_collections.ConfigDict, stopper: EarlyStopping) -> bool:
+def saves_latest(epoch: int, config: ml_collections.ConfigDict, run: RunState) -> bool:
   """Every config.checkpoint_every_epochs epochs, and at the run's last epoch, early stop included."""
-  return (epoch % config.get('checkpoint_every_epochs', 1) == 0 or epoch == config.num_epochs
-          or stopper.should_stop)
+  return (epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs
+          or run.should_stop(config.early_stopping_patience))
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -243,15 +218,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   optim.validate_plateau(config)
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'steps_per_call',
                 'checkpoint_every_epochs'):
-    if config.get(field, 1) < 1:
+    if config[field] < 1:
       raise FerJaxError(f'config.{field}={config[field]} must be at least 1.')
   if config.bn_recalibration_faces < 0:
     raise FerJaxError(f'config.bn_recalibration_faces={config.bn_recalibration_faces} is negative; '
                       'use 0 (keep the running averages) or a number of faces.')
-  if config.get('freeze_backbone_epochs', 0) < 0:
+  if config.freeze_backbone_epochs < 0:
     raise FerJaxError(f'config.freeze_backbone_epochs={config.freeze_backbone_epochs} is negative; '
                       'use 0 (train the backbone from the start) or a number of epochs.')
-  if config.model.get('pretrained_weights'):
+  if config.model.pretrained_weights:
     from fer_jax.models import transfer, weights
     if config.model.name not in transfer.ARCHITECTURES:
       raise FerJaxError(f'config.model.pretrained_weights is set, but config.model.name='
@@ -261,11 +236,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise FerJaxError(f'config.model.pretrained_weights={config.model.pretrained_weights} does '
                         'not exist; pass the path of a Keras .h5 or torchvision .safetensors/.npz.')
     weights.first_conv_to_grey(np.zeros((1, 1, 3, 1), np.float32),  # checks first_conv's mode
-                               config.model.get('first_conv', 'sum'))
+                               config.model.first_conv)
   if not 0.0 <= config.model.dropout_rate < 1.0:
     raise FerJaxError(f'config.model.dropout_rate={config.model.dropout_rate} is out of range; '
                       'set it in [0, 1).')
-  if not 0.0 <= config.get('ema_decay', 0.0) < 1.0:
+  if not 0.0 <= config.ema_decay < 1.0:
     raise FerJaxError(f'config.ema_decay={config.ema_decay} is out of range; set it in [0, 1) '
                       '(0 = no moving average; 0.999 is usual).')
   if not 0.0 <= config.label_smoothing < 1.0:
@@ -273,9 +248,41 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       'set it in [0, 1).')
 
 
+def warn_about_recipe(config: ml_collections.ConfigDict) -> None:
+  """Says at start when a recipe is known not to learn, with the override that does."""
+  if config.backbone_lr * 10 <= config.head_lr and not config.model.pretrained_weights:
+    logging.warning(
+        'config.backbone_lr=%g is for pretrained backbones: a randomly initialised one hardly moves '
+        'at this rate, and the model stays near the majority class (about 25 %% PublicTest accuracy '
+        'after 2 epochs); add --config.backbone_lr=%g to train it from scratch, or use '
+        'configs/quick.py for a usable model in under half an hour on a CPU.',
+        config.backbone_lr, config.head_lr)
+
+
+def log_outputs(workdir: str, run: RunState) -> None:
+  """The run's result and every file it left in the workdir, so nobody has to go looking."""
+  lines = []
+  for folder, subfolders, names in os.walk(workdir):
+    subfolders[:] = [] if os.path.basename(folder).isdigit() else sorted(subfolders)
+    relative = os.path.relpath(folder, workdir)
+    if os.path.basename(folder).isdigit():  # an Orbax step: one line, not its internals
+      lines.append(f'  {relative}/')
+    else:
+      lines += [f'  {os.path.join(relative, n) if relative != "." else n}' for n in sorted(names)]
+  logging.info('%s: %d epochs, best validation accuracy %.4f at epoch %d; wrote\n%s\n'
+               'next: python -m fer_jax.evaluate --workdir %s --data <csv or folder>, '
+               'python -m fer_jax.predict --workdir %s <images>',
+               os.path.abspath(workdir), run.epoch, run.best.best_score, run.best.best_epoch,
+               '\n'.join(lines), workdir, workdir)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains config's model, evaluating and checkpointing every epoch; resumes from workdir."""
   validate_config(config)  # a bad config fails before minutes of data preparation
+  logging.info('workdir %s: checkpoints/, metrics.jsonl, config.json, model_summary.txt and '
+               'learning_curves.png go there; an existing run there is resumed',
+               os.path.abspath(workdir))
+  warn_about_recipe(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh, 'config.batch_size')
@@ -294,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch)
   state = create_train_state(jax.random.PRNGKey(config.seed), model,
                              optim.create_optimizer(config, lr_fns), config.model,
-                             ema=config.get('ema_decay', 0.0) > 0)
+                             ema=config.ema_decay > 0)
   model_summary = models.summary(model, {'params': state.params, 'batch_stats': state.batch_stats})
   logging.info('\n%s', model_summary)
   with open(os.path.join(workdir, 'model_summary.txt'), 'w') as f:
@@ -303,24 +310,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     f.write(config.to_json_best_effort(indent=2))
 
   checkpoints = Checkpoints(workdir)
-  stopper, history, start_epoch = EarlyStopping(config.early_stopping_patience), [], 1
-  plateau = (optim.Plateau(config.plateau_factor, config.plateau_patience, config.plateau_min_scale)
-             if config.lr_schedule == 'plateau' else None)
+  run = RunState()
   if checkpoints.latest_step() is not None:
+    # The run's counters continue; patience and factors are the current config's, so they can be
+    # changed on resume.
     tree, meta = checkpoints.restore(LATEST, _state_tree(state))
-    state = state.replace(**tree)
-    # The counters continue; the patience is the current config's, so it can be changed on resume.
-    stopper = EarlyStopping(**{**meta['early_stopping'], 'patience': config.early_stopping_patience})
-    history, start_epoch = meta['history'], meta['epoch'] + 1
-    if plateau is not None and 'plateau' in meta:  # its counters continue; the knobs are config's
-      plateau = dataclasses.replace(plateau, **{k: meta['plateau'][k] for k in (
-          'scale', 'best_accuracy', 'epochs_without_improvement')})
-    logging.info('resumed from %s at epoch %d (step %d)', workdir, meta['epoch'], int(state.step))
-  metrics.write_history(workdir, history)
+    state, run = state.replace(**tree), RunState.from_json(meta['run'])
+    logging.info('resumed from %s at epoch %d (step %d)', workdir, run.epoch, int(state.step))
+  metrics.write_history(workdir, run.history)
   state = parallel.replicate(state, mesh)
 
   weights = None
-  if config.get('class_weighting', 0.0):
+  if config.class_weighting:
     weights = regularize.class_weights(train_split.labels, config.model.num_classes,
                                        config.class_weighting)
     logging.info('class weights: %s', np.round(weights, 3).tolist())
@@ -338,10 +339,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       out_shardings=parallel.replicated(mesh))
   recalibration_images = split_arrays['image'][:recalibration_faces]
 
-  for epoch in range(start_epoch, config.num_epochs + 1):
-    if stopper.should_stop:
+  for epoch in range(run.epoch + 1, config.num_epochs + 1):
+    if run.should_stop(config.early_stopping_patience):
       logging.info('early stopping: no improvement for %d epochs (best %.4f at epoch %d)',
-                   stopper.epochs_without_improvement, stopper.best_accuracy, stopper.best_epoch)
+                   run.best.epochs_since_best, run.best.best_score, run.best.best_epoch)
       break
     epoch_start = time.perf_counter()
     batch_indices = p_epoch_batches(config.seed, epoch, len(train_split), config.batch_size)
@@ -366,12 +367,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                      recalibration_images))
     eval_loss, eval_accuracy = evaluate(state.for_evaluation(), eval_split, config.eval_batch_size,
                                         p_eval_step)
-    step_now = int(state.step)
-    lr_scale = 1.0
-    if plateau is not None:  # the factor this epoch trained with, then the next epoch's
-      lr_scale = plateau.scale
+    step_now, lr_scale = int(state.step), run.lr_scale  # the factor this epoch trained with
+    run.epoch = epoch
+    if config.lr_schedule == 'plateau':  # then the next epoch's
+      next_scale = run.update_plateau(eval_accuracy, config.plateau_factor,
+                                      config.plateau_patience, config.plateau_min_scale)
       state = state.replace(opt_state=parallel.replicate(
-          optim.with_plateau_scale(state.opt_state, plateau.update(eval_accuracy)), mesh))
+          optim.with_plateau_scale(state.opt_state, next_scale), mesh))
     record = {'epoch': epoch, 'step': step_now, 'train_loss': train_loss,
               'train_accuracy': train_accuracy, 'eval_loss': eval_loss,
               'eval_accuracy': eval_accuracy, 'eval_split': eval_split.name,
@@ -379,12 +381,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
               'head_lr': float(lr_fns['head'](step_now - 1)) * lr_scale,
               'epoch_seconds': time.perf_counter() - epoch_start,
               'train_images_per_second': steps_per_epoch * config.batch_size / train_seconds}
-    if plateau is not None:
+    if config.lr_schedule == 'plateau':
       record['lr_scale'] = lr_scale
-    history.append(record)
-    improved = stopper.update(epoch, eval_accuracy)
-    meta = checkpoint_meta(config, epoch, stopper, history, plateau)
-    save_latest = saves_latest(epoch, config, stopper)
+    run.history.append(record)
+    improved = run.best.update(epoch, eval_accuracy)
+    meta = checkpoint_meta(config, run)
+    save_latest = saves_latest(epoch, config, run)
     if save_latest or improved:
       tree = jax.device_get(_state_tree(state))
       if save_latest:
@@ -392,9 +394,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if improved:
         checkpoints.save(BEST, step_now, tree, meta)
       checkpoints.wait()
-    metrics.write_history(workdir, history)
+    metrics.write_history(workdir, run.history)
     logging.info(metrics.format_epoch(record))
   checkpoints.close()
-  if history:
-    plots.learning_curves(history, os.path.join(workdir, 'learning_curves.png'))
+  if run.history:
+    plots.learning_curves(run.history, os.path.join(workdir, 'learning_curves.png'))
+  log_outputs(workdir, run)
   return state

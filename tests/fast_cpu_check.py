@@ -1,4 +1,4 @@
-"""One train step and one evaluation of the seed's model; writes the update, loss and logits.
+"""One train step and one evaluation of the reference's model; writes the update, loss and logits.
 
 tests/test_bench.py runs it with FER_JAX_FAST_CPU=1 and =0 (the XLA flag fer_jax sets by default
 and jaxlib's default convolutions) and compares. SGD rather than Adam, for the reason given in
@@ -10,9 +10,9 @@ flag), so several steps would test the amplification, not the flag.
 import functools
 import sys
 
-from fer_jax import parallel
+from fer_jax import cli
 
-parallel.configure_cpu_backend(True)  # a no-op when FER_JAX_FAST_CPU=0
+cli.configure_cpu_backend(True)  # a no-op when FER_JAX_FAST_CPU=0
 
 import flax  # noqa: E402
 import jax  # noqa: E402

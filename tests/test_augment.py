@@ -97,7 +97,7 @@ def test_contrast_keeps_the_mean_and_spreads_values(config):
 
 
 def test_clahe_matches_opencv_and_skimage_on_real_faces(real_faces):
-  """Tolerances: OpenCV (the seed's CLAHE, same algorithm): within 1/255 everywhere. skimage works
+  """Tolerances: OpenCV (the reference's CLAHE, same algorithm): within 1/255 everywhere. skimage works
   on 14-bit levels, pads the image to whole tiles and clips at a differently rounded limit, so it
   agrees on average (mean |diff| 0.032 measured, bound 0.04) with a 99th percentile of 0.14 (bound
   0.16) on these 40 faces."""

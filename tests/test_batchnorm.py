@@ -12,15 +12,9 @@ from fer_jax.checkpoint import LATEST, Checkpoints
 from fer_jax.predict import Predictor
 
 
-def test_recalibrate_gives_population_moments_over_all_batches():
-  config = enhanced.get_config()
-  model = models.create_model(config.model)
-  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0)))
-  faces = np.random.default_rng(0).integers(0, 256, (96, 48, 48, 1), dtype=np.uint8)
-  stats = batchnorm.recalibrate(config.model, variables, jnp.asarray(faces), batch_size=32)
-
-  # The first BatchNorm's input is the first conv's output, which no statistics touch: its
-  # population mean and (biased) variance over all 96 faces, by numpy, must come back exactly.
+def _assert_first_layer_has_population_moments(model, variables, faces, stats):
+  """The first BatchNorm's input is the first conv's output, which no statistics touch: its
+  population mean and (biased) variance over all the faces, by numpy, must come back exactly."""
   conv_out = {}
 
   def record(next_fun, args, kwargs, context):
@@ -33,6 +27,16 @@ def test_recalibrate_gives_population_moments_over_all_batches():
   first = stats['backbone']['BatchNorm_0']
   np.testing.assert_allclose(first['mean'], conv_out['x'].mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(first['var'], conv_out['x'].var((0, 1, 2)), rtol=1e-4, atol=1e-7)
+
+
+def test_recalibrate_gives_population_moments_over_all_batches():
+  config = enhanced.get_config()
+  model = models.create_model(config.model)
+  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0)))
+  faces = np.random.default_rng(0).integers(0, 256, (96, 48, 48, 1), dtype=np.uint8)
+  stats = batchnorm.recalibrate(config.model, variables, jnp.asarray(faces), batch_size=32)
+
+  _assert_first_layer_has_population_moments(model, variables, faces, stats)
 
   # Every one of the 16 layers is re-measured, and three batches differ from one of them.
   flat = flax.traverse_util.flatten_dict(stats)
@@ -83,3 +87,27 @@ def test_folded_batchnorm_serves_the_same_logits():
   transfer_config = {**config.model.to_dict(), 'name': 'vgg16'}
   with pytest.raises(FerJaxError, match="fold_batchnorm=True serves only model.name=cnn48, not 'vgg16'"):
     Predictor(transfer_config, variables, fold_batchnorm=True)
+
+
+def test_recalibrate_weighs_the_faces_past_the_last_whole_batch():
+  config = enhanced.get_config()
+  model = models.create_model(config.model)
+  variables = jax.device_get(models.init_variables(model, jax.random.PRNGKey(0)))
+  faces = np.random.default_rng(1).integers(0, 256, (300, 48, 48, 1), dtype=np.uint8)
+  stats = batchnorm.recalibrate(config.model, variables, jnp.asarray(faces), batch_size=256)
+  _assert_first_layer_has_population_moments(model, variables, faces, stats)
+  # Deeper layers see batch-normalised inputs, so each batch has its own moments: 256 faces and
+  # the 44 past them, each weighed by its share of the 300.
+  whole = batchnorm.recalibrate(config.model, variables, jnp.asarray(faces[:256]), batch_size=256)
+  rest = batchnorm.recalibrate(config.model, variables, jnp.asarray(faces[256:]), batch_size=44)
+
+  def weighed(layer_stats, whole_layer, rest_layer):
+    mean = (256 * whole_layer['mean'] + 44 * rest_layer['mean']) / 300
+    second = (256 * (whole_layer['var'] + whole_layer['mean'] ** 2)
+              + 44 * (rest_layer['var'] + rest_layer['mean'] ** 2)) / 300
+    np.testing.assert_allclose(layer_stats['mean'], mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(layer_stats['var'], second - mean ** 2, rtol=1e-3, atol=1e-5)
+  is_layer = lambda node: isinstance(node, dict) and 'mean' in node
+  jax.tree_util.tree_map(weighed, stats, whole, rest, is_leaf=is_layer)
+  assert not np.allclose(whole['head']['BatchNorm_3']['mean'], stats['head']['BatchNorm_3']['mean'],
+                         rtol=1e-4)

@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import generated_smoke_config, write_csv
 import ml_collections
 
-from fer_jax import EMOTIONS, FerJaxError, augment, evaluate, models, predict, train
+from fer_jax import EMOTIONS, FerJaxError, augment, evaluation, models, predict, train
 from fer_jax.checkpoint import load_for_inference
 from fer_jax.data import images as fer_images
 from fer_jax.data.csv import read_fer2013_csv
@@ -52,8 +52,8 @@ def test_evaluation_on_private_only_csv_matches_a_hand_count(tmp_path, trained_w
   faces, labels = real_faces
   csv_path = write_csv(tmp_path / 'private.csv.gz',
                        [(int(l), f, 'PrivateTest') for f, l in zip(faces, labels)])
-  loaded_faces, loaded_labels = evaluate.load_eval_data(str(csv_path), 'test')
-  report = evaluate.evaluate(predictor, loaded_faces, loaded_labels, ['none'])['none']
+  loaded_faces, loaded_labels = evaluation.load_eval_data(str(csv_path), 'test')
+  report = evaluation.evaluate(predictor, loaded_faces, loaded_labels, ['none'])['none']
   # Hand count: the checkpoint's variables through model.apply, one batch, no Predictor.
   variables, meta = load_for_inference(trained_workdir)
   model = models.create_model(ml_collections.ConfigDict(meta['model_config']))
@@ -72,8 +72,11 @@ def test_evaluate_cli_writes_reports_and_names_missing_splits(tmp_path, trained_
                                                   for f, l in zip(faces[:64], labels[:64])])
   cmd = [sys.executable, '-m', 'fer_jax.evaluate', '--workdir', trained_workdir, '--data',
          str(csv_path), '--tta=none,flip,ten_crop']
-  out = subprocess.run(cmd + ['--split', 'test'], capture_output=True, text=True, cwd=REPO)
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)  # the file's only split
   assert out.returncode == 0, out.stderr[-2000:]
+  assert 'scoring test of' in out.stderr
+  # Not a terminal: the progress bar is a log line every ~10 %, up to all 64 x 13 views.
+  assert 'scoring faces 832/832' in out.stderr and '\x1b[A' not in out.stderr
   report = json.load(open(os.path.join(trained_workdir, 'eval_test.json')))
   assert set(report['reports']) == {'none', 'flip', 'ten_crop'}
   assert report['reports']['none']['count'] == 64 and 'macro_f1' in report['reports']['flip']
@@ -89,14 +92,14 @@ def test_image_folder_dataset(tmp_path, predictor):
     folder = tmp_path / 'test' / emotion
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((48, 48), 40 * i, np.uint8)).save(folder / f'{i}.png')
-  faces, labels = evaluate.load_eval_data(str(tmp_path), 'test')
+  faces, labels = evaluation.load_eval_data(str(tmp_path), 'test')
   assert faces.shape == (3, 48, 48, 1)
   assert sorted(labels.tolist()) == sorted([EMOTIONS.index('happy')] * 2 + [EMOTIONS.index('sad')])
   (tmp_path / 'test' / 'smiling').mkdir()
   with pytest.raises(FerJaxError, match="folder name 'smiling' is not a class"):
-    evaluate.load_eval_data(str(tmp_path), 'test')
+    evaluation.load_eval_data(str(tmp_path), 'test')
   with pytest.raises(FerJaxError, match=r"validation does not exist.*found splits: \['test'\]"):
-    evaluate.load_eval_data(str(tmp_path), 'validation')
+    evaluation.load_eval_data(str(tmp_path), 'validation')
 
 
 def _face(real_faces) -> np.ndarray:
@@ -135,7 +138,7 @@ def test_image_modes_convert_to_grey(tmp_path):
   assert large.shape == (48, 48) and (large == 77).all()
 
 
-def test_load_and_predict_matches_the_seed_api(trained_workdir, real_faces):
+def test_load_and_predict_matches_the_reference_api(trained_workdir, real_faces):
   emotion, confidence, probabilities = predict.load_and_predict(trained_workdir, _face(real_faces))
   assert emotion in EMOTIONS and list(probabilities) == list(EMOTIONS)
   assert confidence == max(probabilities.values()) == probabilities[emotion]
@@ -157,9 +160,11 @@ def test_predict_cli_reports_each_bad_file_and_classifies_the_rest(tmp_path, tra
                         '--json'] + files, capture_output=True, text=True, cwd=REPO)
   assert out.returncode == 1, out.stderr[-2000:]
   lines = [json.loads(l) for l in out.stdout.strip().splitlines()]
-  assert [l['file'] for l in lines] == files
+  assert [l['file'] for l in lines] == files[:1]  # stdout holds the results, stderr the errors
   assert lines[0]['emotion'] in EMOTIONS and len(lines[0]['probabilities']) == 7
-  errors = {os.path.basename(l['file']): l['error'] for l in lines[1:]}
+  error_lines = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
+  assert [l.split(': ')[1] for l in error_lines] == files[1:]
+  errors = {os.path.basename(l.split(': ')[1]): l for l in error_lines}
   assert 'does not exist' in errors['missing.png']
   assert 'is empty (0 bytes)' in errors['empty.png']
   assert 'not an image PIL can read' in errors['text.jpg']
@@ -180,9 +185,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_tta_views():
   faces = np.full((2, 48, 48, 1), 90, np.uint8)
-  views = evaluate.ten_crops(faces)
+  views = evaluation.ten_crops(faces)
   assert len(views) == 10 and all(v.shape == faces.shape for v in views)
   assert all((v == 90).all() for v in views)  # a flat face stays flat under crop + resize
   ramp = np.tile(np.arange(48, dtype=np.uint8)[None, None, :, None], (1, 48, 1, 1))
-  flipped = evaluate.TTA_VARIANTS['flip'](ramp)
+  flipped = evaluation.TTA_VARIANTS['flip'](ramp)
   np.testing.assert_array_equal(flipped[1][0, 0, :, 0], np.arange(48)[::-1])

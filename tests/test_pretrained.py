@@ -10,7 +10,7 @@ from PIL import Image
 import pytest
 
 from fer_jax import EMOTIONS, models, pretrained
-from fer_jax.evaluate import evaluate, load_eval_data
+from fer_jax.evaluation import evaluate, load_eval_data
 from fer_jax.predict import Predictor
 from tests.conftest import REPO
 

@@ -102,6 +102,31 @@ def test_train_step_with_mixing_and_class_weights_uses_soft_weighted_targets():
                              float(plain_sums['loss_sum']), rtol=1e-5)
 
 
+def test_class_weights_scale_each_face_loss_in_the_train_step():
+  config = enhanced.get_config()
+  config.augment.steps = ''
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_fns(config, 10))
+  state = train.create_train_state(jax.random.PRNGKey(0), model, tx)
+  rng = np.random.default_rng(1)
+  labels = np.arange(8) % 7
+  batch = {'image': jnp.asarray(rng.integers(0, 256, (8, 48, 48, 1), dtype=np.uint8)),
+           'label': jnp.asarray(labels, jnp.int32)}
+  augment_fn = augment.make_train_augment(config.augment, 10)
+
+  def loss_sum(class_weights):
+    step = jax.jit(functools.partial(train.train_step, augment_fn=augment_fn,
+                                     class_weights=class_weights))
+    return float(step(state, batch)[1]['loss_sum'])
+  plain = loss_sum(None)
+  assert plain > 0
+  np.testing.assert_allclose(loss_sum(jnp.full(7, 2.0, jnp.float32)), 2 * plain, rtol=1e-5)
+  assert loss_sum(jnp.zeros(7, jnp.float32)) == 0.0
+  # Weight on one class only: the loss is that class's faces' share, so it lies strictly between.
+  only_happy = loss_sum(jnp.asarray(np.eye(7)[3], jnp.float32))
+  assert 0.0 < only_happy < plain
+
+
 def test_weight_average_follows_its_recurrence_and_serves_from_checkpoints(tmp_path):
   from fer_jax.checkpoint import LATEST, Checkpoints, load_for_inference
   config = enhanced.get_config()

@@ -12,6 +12,7 @@ import pytest
 from configs import enhanced, smoke
 from fer_jax import FerJaxError, augment, models, optim, train
 from fer_jax.checkpoint import BEST, LATEST, Checkpoints
+from fer_jax.run_state import RunState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,10 +63,14 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 
 def test_plateau_lowers_the_rate_after_patience_epochs_without_a_better_accuracy():
-  plateau = optim.Plateau(factor=0.5, patience=2, min_scale=0.2)
-  scales = [plateau.update(a) for a in (0.30, 0.40, 0.40, 0.39, 0.41, 0.41, 0.41, 0.40, 0.40, 0.40)]
+  run = RunState()
+  scales = []
+  for epoch, accuracy in enumerate((0.30, 0.40, 0.40, 0.39, 0.41, 0.41, 0.41, 0.40, 0.40, 0.40), 1):
+    run.epoch = epoch
+    scales.append(run.update_plateau(accuracy, factor=0.5, patience=2, min_scale=0.2))
   assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2]
-  assert plateau.best_accuracy == 0.41
+  assert run.plateau.best_score == 0.41 and run.plateau.best_epoch == 5
+  assert RunState.from_json(json.loads(json.dumps(run.to_json()))) == run
 
 
 def test_plateau_schedule_warms_up_and_its_factor_scales_both_groups():
@@ -101,7 +106,8 @@ def test_plateau_run_records_its_factor_in_history_state_and_checkpoint(tmp_path
   assert first['lr_scale'] == second['lr_scale'] == 1.0  # epoch 1 is always a new best
   assert float(optim.plateau_scale(state.opt_state)) == 0.5  # what epoch 3 would train with
   meta = Checkpoints(str(tmp_path)).restore_meta(LATEST)
-  assert meta['plateau']['scale'] == 0.5 and meta['plateau']['best_accuracy'] == first['eval_accuracy']
+  assert meta['run']['lr_scale'] == 0.5
+  assert meta['run']['plateau']['best_score'] == first['eval_accuracy']
   config.plateau_factor = 1.5
   with pytest.raises(FerJaxError, match=r'config.plateau_factor=1.5 is out of range'):
     train.validate_config(config)
@@ -212,35 +218,38 @@ def test_resume_continues_the_same_run(tmp_path, generated_config):
   # The checkpoint carries what a user needs to resume or serve the model.
   checkpoints = Checkpoints(str(tmp_path / 'resumed'))
   meta = checkpoints.restore_meta(LATEST)
-  assert meta['epoch'] == 2 and len(meta['history']) == 2
+  assert meta['run']['epoch'] == 2 and meta['run']['history'] == history
   assert meta['model_config']['name'] == 'cnn48' and meta['train_config']['batch_size'] == 32
   assert meta['label_map'] == {'0': 'angry', '1': 'disgust', '2': 'fear', '3': 'happy',
                                '4': 'sad', '5': 'surprise', '6': 'neutral'}
-  assert set(meta['early_stopping']) == {'patience', 'best_accuracy', 'best_epoch',
-                                         'epochs_without_improvement'}
-  best_meta = checkpoints.restore_meta(BEST)
-  assert best_meta['early_stopping']['best_epoch'] == best_meta['epoch']
+  assert set(meta['run']) == {'epoch', 'best', 'plateau', 'lr_scale', 'history'}
+  best_run = checkpoints.restore_meta(BEST)['run']
+  assert best_run['best']['best_epoch'] == best_run['epoch']
   summary = open(tmp_path / 'resumed' / 'model_summary.txt').read()
   assert '6,673,127' in summary and '9 dropout' in summary
 
 
 def test_early_stopping_counts_epochs_without_improvement():
-  stopper = train.EarlyStopping(patience=2)
-  assert stopper.update(1, 0.5) and not stopper.should_stop
-  assert not stopper.update(2, 0.5)
-  assert not stopper.should_stop
-  assert not stopper.update(3, 0.4)
-  assert stopper.should_stop and stopper.best_epoch == 1
+  run = RunState()
+  assert run.best.update(1, 0.5) and not run.should_stop(patience=2)
+  assert not run.best.update(2, 0.5)
+  assert not run.should_stop(patience=2)
+  assert not run.best.update(3, 0.4)
+  assert run.should_stop(patience=2) and run.best.best_epoch == 1
+  assert not run.should_stop(patience=0)  # 0: never stop
 
 
 def test_latest_checkpoint_every_n_epochs_and_at_the_end():
   config = enhanced.get_config()
   config.num_epochs, config.checkpoint_every_epochs = 12, 5
-  running, stopping = train.EarlyStopping(patience=0), train.EarlyStopping(patience=1)
+  config.early_stopping_patience = 1
+  running = RunState()
+  running.best.update(1, 0.5)
   assert [e for e in range(1, 13) if train.saves_latest(e, config, running)] == [5, 10, 12]
-  stopping.update(1, 0.5)
-  stopping.update(2, 0.4)  # no improvement: the run stops after this epoch, so it is saved
-  assert stopping.should_stop and train.saves_latest(2, config, stopping)
+  stopping = RunState()
+  stopping.best.update(1, 0.5)
+  stopping.best.update(2, 0.4)  # no improvement: the run stops after this epoch, so it is saved
+  assert stopping.should_stop(1) and train.saves_latest(2, config, stopping)
   config.checkpoint_every_epochs = 1
   assert all(train.saves_latest(e, config, running) for e in range(1, 13))
 
@@ -281,7 +290,7 @@ def test_cli_without_data_says_where_to_put_it(tmp_path):
 def test_learns_on_real_faces(tmp_path, real_csv, real_tfds_dir):
   """A short run on real faces lowers the training loss and beats the majority class (24.9 %).
 
-  From scratch, the seed's 1e-5 backbone rate, heavy dropout and full augmentation need many epochs
+  From scratch, the reference's 1e-5 backbone rate, heavy dropout and full augmentation need many epochs
   to leave the majority class, so this short run uses 1e-3 for both groups, light dropout and flips.
   """
   config = smoke.get_config()

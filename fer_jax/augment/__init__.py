@@ -1,4 +1,4 @@
-"""The seed's 11-step training augmentation, on device, random per face, under one jit.
+"""The reference's 11-step training augmentation, on device, random per face, under one jit.
 
 (1) flip, (2) rotate, (3) affine, (4) perspective, (5) contrast, (6) brightness, (7) sharpness,
 (8) CLAHE, (9) to float, (10) normalise to [-1, 1], (11) noise. Steps 9-10 always run (they are
@@ -15,7 +15,7 @@ import ml_collections
 from fer_jax import FerJaxError
 from fer_jax.augment.ops import STEPS
 
-# The seed's Normalize(mean=0.5, std=0.5): pixels in [0, 255] map to [-1, 1].
+# The reference's Normalize(mean=0.5, std=0.5): pixels in [0, 255] map to [-1, 1].
 NORM_MEAN, NORM_STD = 0.5, 0.5
 
 AugmentFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]

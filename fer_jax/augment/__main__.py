@@ -3,18 +3,18 @@
 The first column holds real Training faces, the others augmented versions of the same face (each
 with its own key), one row per face, so a person can judge the magnitudes by eye.
 """
-import sys
+from absl import flags
 
-from absl import app, flags
-import jax
-import numpy as np
-from PIL import Image
+from fer_jax import cli
 
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
   del argv
+  import jax
+  import numpy as np
+  from PIL import Image
   from configs import enhanced
   from fer_jax import FerJaxError, augment
   from fer_jax.data.csv import read_fer2013_csv
@@ -22,11 +22,11 @@ def main(argv: list[str]) -> None:
   if FLAGS.steps is not None:
     config.steps = FLAGS.steps
   config.strength_start = config.strength_end = FLAGS.strength
-  try:
-    augment.validate(config)
-    faces, _ = read_fer2013_csv(FLAGS.data)['Training']
-  except (FerJaxError, KeyError) as e:
-    sys.exit(f'error: {e}')
+  augment.validate(config)
+  by_usage = read_fer2013_csv(FLAGS.data)
+  if 'Training' not in by_usage:
+    raise FerJaxError(f'{FLAGS.data} has no Training rows; pass a FER2013 CSV that has some.')
+  faces, _ = by_usage['Training']
   faces = faces[:FLAGS.rows]
   run = jax.jit(lambda f, k: augment.augment_faces(f, k, FLAGS.strength, config))
   columns = [faces[..., 0]]
@@ -52,4 +52,4 @@ if __name__ == '__main__':
   flags.DEFINE_float('strength', 1.0, 'Augmentation strength in [0, 1].')
   flags.DEFINE_string('steps', None, 'Steps to apply (default: the config\'s).')
   flags.DEFINE_integer('zoom', 2, 'Pixel zoom of the saved grid.')
-  app.run(main)
+  cli.run(main)

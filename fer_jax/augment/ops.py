@@ -1,4 +1,4 @@
-"""The seed's random steps, each a pure function `(faces, key, strength, params) -> faces`.
+"""The reference's random steps, each a pure function `(faces, key, strength, params) -> faces`.
 
 Faces are float32 (B, 48, 48, 1) in [0, 1] (the noise step: normalised [-1, 1]). Every face draws
 its own parameters; `strength` (a traced scalar, so a schedule never recompiles) scales every
@@ -163,7 +163,7 @@ def noise(normalised, key, strength, p):
   return _apply_with_prob(prob_key, p.noise_prob, strength, jnp.clip(noisy, -1.0, 1.0), normalised)
 
 
-# Steps in the seed's order; 'noise' runs after normalisation (steps 9-10).
+# Steps in the reference's order; 'noise' runs after normalisation (steps 9-10).
 STEPS: dict[str, Any] = {'flip': flip, 'rotate': rotate, 'affine': affine,
                          'perspective': perspective, 'contrast': contrast,
                          'brightness': brightness, 'sharpness': sharpness, 'clahe': clahe_step,

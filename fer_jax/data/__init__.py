@@ -13,7 +13,15 @@ import numpy as np
 from fer_jax import FerJaxError
 
 MANUAL_NAMES = ('fer2013.csv', 'fer2013.csv.gz')
-SPLITS = ('train', 'validation', 'test')
+# The one table of split names: split -> FER2013's Usage value; its order is the arrays file's
+# `usage` code (0, 1, 2).
+SPLIT_USAGE = {'train': 'Training', 'validation': 'PublicTest', 'test': 'PrivateTest'}
+SPLITS = tuple(SPLIT_USAGE)
+
+
+def describe_splits(usages: set[str] | dict) -> str:
+  """'train (Training), validation (PublicTest)' for the usages present, in split order."""
+  return ', '.join(f'{split} ({usage})' for split, usage in SPLIT_USAGE.items() if usage in usages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +101,7 @@ def load_split(data_config: ml_collections.ConfigDict, split: str, max_examples:
     images, labels = generated_faces(sizes[split], seed=list(sizes).index(split))
     return _subset(Split(split, images, labels), max_examples)
   if data_config.source == 'arrays':
-    images, labels = load_arrays(data_config.get('arrays_path', '')
+    images, labels = load_arrays(data_config.arrays_path
                                  or os.environ.get('FER2013_ARRAYS', ''), split)
     return _subset(Split(split, images, labels), max_examples)
   if data_config.source != 'fer2013':
@@ -105,7 +113,6 @@ def load_split(data_config: ml_collections.ConfigDict, split: str, max_examples:
   return _subset(Split(split, images, labels), max_examples)
 
 
-ARRAY_USAGE = {'train': 0, 'validation': 1, 'test': 2}  # the arrays file's `usage` codes
 
 
 def load_arrays(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -130,9 +137,10 @@ def load_arrays(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   if faces.shape[1:] != (48, 48) or not len(faces) == len(labels) == len(usage):
     raise FerJaxError(f'{path}: x has shape {faces.shape}, y {labels.shape}, usage {usage.shape}; '
                       'expected (N, 48, 48), (N,) and (N,).')
-  chosen = usage == ARRAY_USAGE[split]
+  code = SPLITS.index(split)  # the arrays file's usage codes follow SPLITS
+  chosen = usage == code
   if not chosen.any():
-    present = [name for name, code in ARRAY_USAGE.items() if (usage == code).any()]
-    raise FerJaxError(f'{path} has no {split} faces (usage code {ARRAY_USAGE[split]}); it holds '
+    present = [name for index, name in enumerate(SPLITS) if (usage == index).any()]
+    raise FerJaxError(f'{path} has no {split} faces (usage code {code}); it holds '
                       f'{", ".join(present)}.')
   return faces[chosen].astype(np.uint8)[..., None], labels[chosen].astype(np.int32)

@@ -5,8 +5,10 @@ combination TFDS can write and read back as a random-access data source without 
 builder config is named after the CSV's path, size and mtime, so a different or edited CSV prepares
 anew instead of silently reusing stale records.
 """
+import contextlib
 import glob
 import hashlib
+import io
 import os
 import shutil
 
@@ -15,20 +17,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fer_jax import EMOTIONS, FerJaxError
+from fer_jax.data import SPLIT_USAGE, describe_splits
 from fer_jax.data.csv import read_fer2013_csv
-
-# TFDS split name -> the CSV's Usage value.
-SPLIT_USAGE = {'train': 'Training', 'validation': 'PublicTest', 'test': 'PrivateTest'}
 
 _MANUAL_INSTRUCTIONS = (
     "Download fer2013.csv from Kaggle's 'Challenges in Representation Learning: Facial Expression "
     "Recognition Challenge' and pass its path (config.data.csv_path or the FER2013_PATH environment "
     'variable), or place fer2013.csv / fer2013.csv.gz in the TFDS manual dir.')
-
-
-def describe_splits(usages: set[str] | dict) -> str:
-  """'train (Training), validation (PublicTest)' for the usages present, in split order."""
-  return ', '.join(f'{split} ({usage})' for split, usage in SPLIT_USAGE.items() if usage in usages)
 
 
 def csv_fingerprint(csv_path: str) -> str:
@@ -80,9 +75,13 @@ def prepare(csv_path: str, tfds_dir: str) -> Fer2013:
   """Prepares (once) and returns the builder; a failure leaves nothing half-written."""
   builder = Fer2013(csv_path=csv_path, data_dir=tfds_dir)
   if not builder.is_prepared():
+    logging.info('preparing %s once for TFDS in %s', csv_path, builder.data_dir)
+    tfds.disable_progress_bar()  # tqdm's cursor codes would fill log files
     try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=os.path.dirname(csv_path)))
+      # TFDS prints "Downloading and preparing dataset..." to stdout; nothing is downloaded.
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=os.path.dirname(csv_path)))
     except BaseException:
       config_dir = os.path.dirname(builder.data_dir)
       for partial in glob.glob(os.path.join(config_dir, 'incomplete*')):

@@ -32,7 +32,7 @@ def create_model(model_config: ml_collections.ConfigDict, **overrides: Any) -> n
   declared = module.__dataclass_fields__
   # Model-specific fields (stride_in_1x1, input_size) come from the config when the module has them.
   fields = {key: value for key, value in model_config.items() if key in declared and key != 'name'}
-  fields['dtype'] = jnp.dtype(model_config.get('dtype', 'float32'))
+  fields['dtype'] = jnp.dtype(model_config.dtype)
   if 'arch' in declared:
     fields['arch'] = model_config.name
   return module(**{**fields, **overrides})

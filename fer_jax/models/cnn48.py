@@ -1,4 +1,4 @@
-"""The seed's EnhancedCNNGrayscale48 as a Flax linen module.
+"""The reference's EnhancedCNNGrayscale48 as a Flax linen module.
 
 Parameters live under two top-level names, `backbone` (the conv blocks) and `head` (the dense
 layers), because the optimiser gives each its own learning rate.
@@ -17,7 +17,7 @@ HEAD_WIDTHS: tuple[int, ...] = (1024, 512, 256, 128)
 # Dropout before hidden dense layer i is dropout_rate * HEAD_DROPOUT_SCALE[i].
 HEAD_DROPOUT_SCALE: tuple[float, ...] = (1.0, 0.7, 0.5, 0.3)
 
-# PyTorch BatchNorm defaults (momentum 0.1 there is 0.9 here), as the seed trains with them.
+# PyTorch BatchNorm defaults (momentum 0.1 there is 0.9 here), as the reference trains with them.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 

@@ -1,11 +1,11 @@
-"""ImageNet backbones at native 48x48x1, and the "traditional" route the seed compares itself with.
+"""ImageNet backbones at native 48x48x1, and the "traditional" route the reference compares itself with.
 
 `TransferNet` runs VGG16 (13 convs, 5 pools: 48 -> 1x1) or ResNet-18 / ResNet-50 directly on the
 48x48 grey face, with the enhanced dense head of EnhancedCNN48. Their first conv takes one channel:
 fer_jax.models.weights folds an RGB kernel into it when ImageNet weights are imported. Module
 names follow Keras (VGG16) and torchvision (ResNet) so the import tables stay readable.
 
-`UpsampledVGG16` is the route the seed argues against: resize to 224x224, copy grey to three
+`UpsampledVGG16` is the route the reference argues against: resize to 224x224, copy grey to three
 channels, VGG16 with its own 4096-4096 classifier. It exists to be measured
 (experiments/native_vs_upsampled.py), and trains through the same loop.
 """

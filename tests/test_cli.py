@@ -1,0 +1,77 @@
+"""What every command shares (fer_jax/cli.py): --help exits 0 without starting JAX, a bad input
+is one line on stderr and exit status 1, and library chatter stays out of the log."""
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fer_jax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = ('main', 'evaluate', 'predict', 'study', 'pretrained', 'bench', 'augment')
+
+# Runs a command's module as `python -m` does, then says whether JAX was imported.
+_HELP_PROBE = '''
+import runpy, sys
+sys.argv = ['fer_jax.{name}', '--help']
+try:
+    runpy.run_module('fer_jax.{name}', run_name='__main__', alter_sys=True)
+    code = 0
+except SystemExit as e:
+    code = e.code
+print('exit', code, 'jax imported', 'jax' in sys.modules)
+'''
+
+
+@pytest.mark.parametrize('name', COMMANDS)
+def test_help_exits_zero_without_importing_jax(name):
+  out = subprocess.run([sys.executable, '-c', _HELP_PROBE.format(name=name)], capture_output=True,
+                       text=True, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-2000:]
+  # fer_jax.augment is the augmentation package itself, written in JAX; its command imports it.
+  expected = f'exit 0 jax imported {name == "augment"}'
+  assert out.stdout.strip().endswith(expected), out.stdout[-500:]
+  assert 'flags' in out.stdout.lower() and 'Traceback' not in out.stderr
+
+
+def test_an_error_is_one_line_and_exit_status_one(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'fer_jax.evaluate', '--pretrained', '--data',
+                        str(tmp_path / 'missing.csv')], capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      f'error: --data={tmp_path / "missing.csv"} does not exist; pass a FER2013 CSV (.csv / .csv.gz) '
+      'or an image-folder root.')
+  assert 'Traceback' not in out.stderr
+
+
+def _record(pathname: str, level: int, message: str) -> logging.LogRecord:
+  return logging.LogRecord('absl', level, pathname, 1, message, None, None)
+
+
+def test_library_chatter_is_noise_and_our_lines_and_warnings_are_not():
+  site = os.path.join('venv', 'lib', 'site-packages')
+  assert cli.is_noise(_record(os.path.join(site, 'jax', '_src', 'xla_bridge.py'), logging.INFO,
+                              "Unable to initialize backend 'tpu'"))
+  assert cli.is_noise(_record(os.path.join(site, 'tensorflow_datasets', 'core', 'x.py'),
+                              logging.WARNING, 'Using custom data configuration: csv_1'))
+  assert not cli.is_noise(_record(os.path.join(site, 'fer_jax', 'train.py'), logging.INFO,
+                                  'epoch 1 ...'))
+  assert not cli.is_noise(_record(os.path.join(REPO, 'fer_jax', 'train.py'), logging.INFO, 'data: ...'))
+  assert not cli.is_noise(_record(os.path.join(site, 'orbax', 'x.py'), logging.WARNING,
+                                  'disk is full'))
+
+
+def test_fast_cpu_flag_is_set_once_and_can_be_turned_off(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_foo=1')
+  monkeypatch.delenv('FER_JAX_FAST_CPU', raising=False)
+  cli.configure_cpu_backend(True)
+  cli.configure_cpu_backend(True)
+  assert os.environ['XLA_FLAGS'] == f'--xla_foo=1 {cli.FAST_CPU_XLA_FLAG}'
+  monkeypatch.setenv('XLA_FLAGS', '')
+  cli.configure_cpu_backend(False)
+  assert os.environ['XLA_FLAGS'] == ''
+  monkeypatch.setenv('FER_JAX_FAST_CPU', '0')
+  cli.configure_cpu_backend(True)
+  assert os.environ['XLA_FLAGS'] == ''
