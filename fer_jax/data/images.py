@@ -30,7 +30,7 @@ def largest_face(grey: np.ndarray) -> np.ndarray | None:
   try:
     import cv2
   except ImportError:
-    raise FerJaxError('--detect-faces needs OpenCV: pip install "fer_jax[faces]" '
+    raise FerJaxError('--detect_faces needs OpenCV: pip install "fer_jax[faces]" '
                       '(opencv-python-headless<5, which ships the Haar cascades).') from None
   cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades,
                                                'haarcascade_frontalface_default.xml'))
@@ -82,7 +82,7 @@ def load_face(source: Any, detect_faces: bool = False) -> np.ndarray:
     face = largest_face(grey)
     if face is None:
       name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else 'the image'
-      raise FerJaxError(f'{name} has no face OpenCV can find; crop it by hand or drop --detect-faces.')
+      raise FerJaxError(f'{name} has no face OpenCV can find; crop it by hand or drop --detect_faces.')
     grey = face
   return to_face48(grey)
 
