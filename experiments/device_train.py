@@ -171,7 +171,6 @@ def import_run(files_dir: str, name: str, summary_path: str, history_path: str,
   checkpoints = Checkpoints(workdir)
   checkpoints.save(BEST, run['history'][-1]['step'],
                    flax.traverse_util.unflatten_dict(flat, sep='/'), meta)
-  checkpoints.wait()
   checkpoints.close()
   metrics.write_history(workdir, runs)
   print(f'{workdir}: best checkpoint of epoch {run["epoch"]} ({len(flat)} arrays), '

@@ -1,31 +1,104 @@
-"""Orbax checkpoints in the workdir: `checkpoints/latest` every epoch, `checkpoints/best` by
-validation accuracy. Each holds the train state and, as JSON, everything needed to resume or to
-serve the model without the config file: epoch, early-stopping state, history, configs, label map.
+"""Orbax checkpoints in the workdir: `checkpoints/best` (by validation accuracy) and
+`checkpoints/latest`. Each holds the train state and, as JSON, everything needed to resume or to
+serve the model without the config file: the run state (fer_jax.run_state), configs, label map.
+
+An epoch saves its best checkpoint first and waits for it to be committed before it saves the
+latest, so a run killed at any moment resumes from a latest that is never ahead of its best: the
+epoch whose best save was cut short is replayed (the same batches, the same result) and saved
+again. Orbax writes each step to a temporary folder and renames it when complete; the writer's
+managers remove temporary folders left by a killed run.
 """
+import errno
+import fcntl
 import os
+import shutil
+import time
 from typing import Any
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from fer_jax import FerJaxError
+
 LATEST, BEST = 'latest', 'best'
+LOCK_FILE = '.lock'
 
 
 def _manager(workdir: str, kind: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints', kind),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                           cleanup_tmp_directories=True))
+
+
+def _free_mib(path: str) -> float:
+  try:
+    return shutil.disk_usage(path).free / 2**20
+  except OSError:
+    return float('nan')
 
 
 class Checkpoints:
-  """The two managers of one workdir."""
+  """The two managers of one workdir, for the process that trains in it (see WorkdirLock)."""
 
   def __init__(self, workdir: str):
+    self.workdir = workdir
     self.managers = {LATEST: _manager(workdir, LATEST), BEST: _manager(workdir, BEST)}
 
   def save(self, kind: str, step: int, state_tree: Any, meta: dict[str, Any]) -> None:
-    self.managers[kind].save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta)))
+    """Saves and waits until the step is committed; a step already committed is left as it is
+    (a replayed epoch computes the same state)."""
+    manager = self.managers[kind]
+    if step in manager.all_steps():
+      return
+    # Checked first: Orbax meets a full disk in background threads, with pages of tracebacks.
+    needed = sum(getattr(leaf, 'nbytes', 0) for leaf in jax.tree_util.tree_leaves(state_tree)) / 2**20
+    if _free_mib(self.workdir) < needed + 16:
+      raise FerJaxError(f'the {kind} checkpoint (step {step}) needs about {needed:.0f} MiB, but '
+                        f'{manager.directory} has {_free_mib(self.workdir):.0f} MiB free; free some '
+                        'space, then rerun the same command to resume from the last saved epoch.')
+    try:
+      saved = manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta)))
+      manager.wait_until_finished()
+    except Exception as e:  # Orbax surfaces a full or vanished disk as assorted errors
+      raise FerJaxError(
+          f'could not write the {kind} checkpoint (step {step}) to {manager.directory} '
+          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else "no message"}; '
+          f'{_free_mib(self.workdir):.0f} MiB free there); free some space or fix the folder, then '
+          'rerun the same command to resume from the last saved epoch.') from None
+    if not saved and step not in manager.all_steps():
+      raise FerJaxError(f'Orbax did not save the {kind} checkpoint (step {step}) in '
+                        f'{manager.directory}, whose steps are {manager.all_steps()}; use a new '
+                        '--workdir, or remove that folder to start over.')
+
+  def save_epoch(self, step: int, state_tree: Any, meta: dict[str, Any], best: bool,
+                 latest: bool) -> None:
+    """The best checkpoint first, then the latest (module docstring)."""
+    if best:
+      self.save(BEST, step, state_tree, meta)
+    if latest:
+      self.save(LATEST, step, state_tree, meta)
+
+  def check_best(self, best_step: int | None, latest_tree: Any = None,
+                 latest_meta: dict[str, Any] | None = None) -> None:
+    """Makes sure `best` holds `best_step`, the run's best epoch. When it does not (a run stopped
+    during that save) and the latest checkpoint is that same epoch, it is saved again from there."""
+    saved_best, latest = self.latest_step(BEST), self.latest_step(LATEST)
+    if best_step is None or saved_best == best_step:
+      return
+    if latest_tree is not None and None not in (saved_best, latest) and saved_best > latest:
+      return  # a later epoch's best, saved before that epoch's latest: the replay reaches it again
+    if latest_tree is not None and latest == best_step:
+      logging.warning('the best checkpoint (step %d) was not saved completely; saving it again '
+                      'from the latest checkpoint, which is the same epoch', best_step)
+      self.save(BEST, best_step, latest_tree, latest_meta)
+      return
+    raise FerJaxError(
+        f'{self.managers[BEST].directory} holds step {saved_best}, but the run\'s best '
+        f'epoch is step {best_step}, and no checkpoint of that step is left to restore it from; '
+        'evaluate with --checkpoint latest, or train again in a new --workdir.')
 
   def latest_step(self, kind: str = LATEST) -> int | None:
     return self.managers[kind].latest_step()
@@ -44,22 +117,84 @@ class Checkpoints:
     step = manager.latest_step() if step is None else step
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
-  def wait(self) -> None:
-    for manager in self.managers.values():
-      manager.wait_until_finished()
-
   def close(self) -> None:
     for manager in self.managers.values():
       manager.close()
 
 
-def load_for_inference(workdir: str, which: str = BEST) -> tuple[dict[str, Any], dict[str, Any]]:
+def prepare_workdir(workdir: str) -> bool:
+  """Creates the workdir and proves it writable before any data is read; True when it is new
+  (so a start that fails can remove it again)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise FerJaxError(f'--workdir={workdir} is a file, not a folder; pass a folder path.')
+  created = not os.path.exists(workdir)
+  probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise FerJaxError(f'--workdir={workdir} is not writable ({e.strerror}); pass a folder you can '
+                      'write to.') from None
+  return created
+
+
+class WorkdirLock:
+  """One training run per workdir. An advisory lock on `<workdir>/.lock` holding the process id:
+  the kernel drops it when the process ends, however it ends, so a crashed run leaves nothing stuck."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self.handle = None
+
+  def __enter__(self) -> 'WorkdirLock':
+    handle = open(self.path, 'a+')
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise
+      handle.seek(0)
+      owner = handle.read().strip() or 'unknown'
+      handle.close()
+      raise FerJaxError(f'{os.path.dirname(self.path)} is in use by another training run (process '
+                        f'{owner}); wait for it to finish, stop it, or pass another --workdir.') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'{os.getpid()}\n')
+    handle.flush()
+    self.handle = handle
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    fcntl.flock(self.handle, fcntl.LOCK_UN)
+    self.handle.close()
+
+
+def _restore_for_inference(directory: str, step: int | None) -> tuple[Any, int]:
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    steps = manager.all_steps()
+    if not steps or (step is not None and step not in steps):
+      raise FerJaxError(f'{directory} has no checkpoint {step if step is not None else ""}'.strip()
+                        + f' (steps there: {sorted(steps) or "none"}); pick one of those.')
+    chosen = step if step is not None else max(steps)
+    return manager.restore(chosen, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())), chosen
+  finally:
+    manager.close()
+
+
+def load_for_inference(workdir: str, which: str = BEST,
+                       attempts: int = 5) -> tuple[dict[str, Any], dict[str, Any]]:
   """({'params', 'batch_stats'} as numpy, metadata) from a workdir's best, latest or a step.
 
   Restores without a target, so no optimiser has to be rebuilt to read a model. Runs with an
-  exponential moving average of the weights give the averaged params.
+  exponential moving average of the weights give the averaged params. Safe while a run trains in
+  the workdir: only committed steps are listed, and a step the writer replaces during the read is
+  read again at the newer step.
   """
-  from fer_jax import FerJaxError
   if which in (BEST, LATEST):
     kind, step = which, None
   elif str(which).isdigit():
@@ -69,16 +204,20 @@ def load_for_inference(workdir: str, which: str = BEST) -> tuple[dict[str, Any],
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints', kind)
   if not os.path.isdir(directory):
     raise FerJaxError(f'{workdir} has no checkpoints ({directory} is missing); train first with '
-                      f'python -m fer_jax.main --config configs/enhanced.py --workdir {workdir}.')
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-  steps = manager.all_steps()
-  if not steps or (step is not None and step not in steps):
-    raise FerJaxError(f'{directory} has no checkpoint {step if step is not None else ""}'.strip()
-                      + f' (steps there: {sorted(steps) or "none"}); pick one of those.')
-  restored = manager.restore(step if step is not None else manager.latest_step(),
-                             args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                     meta=ocp.args.JsonRestore()))
-  manager.close()
+                      f'python -m fer_jax.main --config configs/quick.py --workdir {workdir}.')
+  for attempt in range(attempts):
+    try:
+      restored, _ = _restore_for_inference(directory, step)
+      break
+    except FerJaxError:
+      raise
+    except Exception as e:  # the writer removed the step under us: read the newer one
+      if step is not None or attempt == attempts - 1:
+        raise FerJaxError(f'could not read the checkpoint in {directory} ({type(e).__name__}); '
+                          'if a run is writing there, try again in a moment.') from None
+      logging.warning('%s changed while it was read (a run is saving there); reading it again',
+                      directory)
+      time.sleep(0.2 * (attempt + 1))
   state = restored.state
   # A run with config.ema_decay evaluated (and re-measured BatchNorm for) the averaged params.
   params = state.get('ema_params', state['params'])

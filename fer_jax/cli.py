@@ -79,4 +79,40 @@ def run(main: Callable[[list[str]], None],
       main(argv)
     except FerJaxError as e:
       sys.exit(f'error: {e}')  # one line on stderr, exit status 1
-  app.run(start)
+  try:
+    app.run(start)
+  except (AttributeError, KeyError):  # ml_collections: a --config.<field> override names no field
+    if flags.FLAGS.is_parsed():
+      raise
+    sys.exit(f'error: {unknown_config_field(sys.argv)}')
+
+
+def _config_fields(config, prefix: str = '') -> list[str]:
+  fields = []
+  for name, value in config.items():
+    fields.append(prefix + name)
+    if hasattr(value, 'items'):
+      fields += _config_fields(value, f'{prefix}{name}.')
+  return fields
+
+
+def unknown_config_field(argv: list[str]) -> str:
+  """The sentence for `--config.<field>=...` overrides that name no field of the config file."""
+  import difflib
+  import importlib.util
+  path = next((argv[i + 1] if arg == '--config' else arg.split('=', 1)[1]
+               for i, arg in enumerate(argv) if arg == '--config' or arg.startswith('--config=')), '')
+  spec = importlib.util.spec_from_file_location('_config', path.split(':')[0])
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  fields = _config_fields(module.get_config())
+  for arg in argv:
+    if arg.startswith('--config.'):
+      field = arg[len('--config.'):].split('=')[0]
+      if field not in fields:
+        close = difflib.get_close_matches(field, fields, n=3, cutoff=0.5)
+        hint = f'did you mean {" or ".join("config." + c for c in close)}?' if close else (
+            f'its fields are listed in {path}.')
+        return f'{arg}: {path} has no field {field!r}; {hint}'
+  return f'a --config.<field> override names no field of {path}; check the spelling.'
+

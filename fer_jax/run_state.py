@@ -36,6 +36,11 @@ class RunState:
   lr_scale: float = 1.0
   history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
+  @property
+  def best_step(self) -> int | None:
+    """The train step of the best epoch (what the best checkpoint holds), None before any epoch."""
+    return self.history[self.best.best_epoch - 1]['step'] if self.best.best_epoch else None
+
   def should_stop(self, patience: int) -> bool:
     """Early stopping: `patience` epochs without a better score (0 = never)."""
     return patience > 0 and self.best.epochs_since_best >= patience

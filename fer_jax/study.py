@@ -140,7 +140,7 @@ def _random_points(where: str, space: dict[str, Any], num_trials: int,
 def load_study(path: str, module: Any = None) -> Study:
   """Reads and checks a study file: every trial's config is built (and validated) here. `module`:
   the file already executed by the caller, so it runs once."""
-  from fer_jax import train
+  from fer_jax import config_checks
   module = module or _load_module(path)
   spec = dict(module.get_study())
   where = f'study file {path}'
@@ -192,7 +192,7 @@ def load_study(path: str, module: Any = None) -> Study:
       set_field(config, field, value, where)
     set_field(config, 'seed', seed, where)
     try:
-      train.validate_config(config)
+      config_checks.validate(config)
     except FerJaxError as e:
       raise FerJaxError(f'{where}, trial {trial_name(point, seed)}: {e}') from None
     trials.append(Trial(trial_name(point, seed, None if grid else index), point, seed, config))

@@ -6,8 +6,10 @@ split lives on the device; each epoch's order is drawn there and `config.steps_p
 per compiled call (lax.scan), so batch 32 on an accelerator is not bound by dispatch or the host.
 """
 import functools
+import glob
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable
 
@@ -20,9 +22,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from fer_jax import (LABEL_MAP, FerJaxError, augment, batchnorm, data, metrics, models, optim,
-                     parallel, plots, regularize)
-from fer_jax.checkpoint import BEST, LATEST, Checkpoints
+from fer_jax import (LABEL_MAP, FerJaxError, augment, batchnorm, config_checks, data, metrics,
+                     models, optim, parallel, plots, regularize)
+from fer_jax import checkpoint
+from fer_jax.checkpoint import LATEST, Checkpoints
 from fer_jax.run_state import RunState
 
 
@@ -206,59 +209,6 @@ def saves_latest(epoch: int, config: ml_collections.ConfigDict, run: RunState) -
           or run.should_stop(config.early_stopping_patience))
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """The checks that need no data, so a bad config (or study) fails before any work starts."""
-  augment.validate(config.augment)
-  regularize.validate(config)
-  if config.model.name not in models.MODELS:
-    raise FerJaxError(f'config.model.name={config.model.name!r} is not a model; use one of '
-                      f'{", ".join(models.MODELS)}.')
-  lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch=100)  # any count: checks only
-  optim.create_optimizer(config, lr_fns)
-  optim.validate_plateau(config)
-  for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'steps_per_call',
-                'checkpoint_every_epochs'):
-    if config[field] < 1:
-      raise FerJaxError(f'config.{field}={config[field]} must be at least 1.')
-  if config.bn_recalibration_faces < 0:
-    raise FerJaxError(f'config.bn_recalibration_faces={config.bn_recalibration_faces} is negative; '
-                      'use 0 (keep the running averages) or a number of faces.')
-  if config.freeze_backbone_epochs < 0:
-    raise FerJaxError(f'config.freeze_backbone_epochs={config.freeze_backbone_epochs} is negative; '
-                      'use 0 (train the backbone from the start) or a number of epochs.')
-  if config.model.pretrained_weights:
-    from fer_jax.models import transfer, weights
-    if config.model.name not in transfer.ARCHITECTURES:
-      raise FerJaxError(f'config.model.pretrained_weights is set, but config.model.name='
-                        f'{config.model.name!r} takes no ImageNet weights; use one of '
-                        f'{", ".join(transfer.ARCHITECTURES)} or clear pretrained_weights.')
-    if not os.path.isfile(config.model.pretrained_weights):
-      raise FerJaxError(f'config.model.pretrained_weights={config.model.pretrained_weights} does '
-                        'not exist; pass the path of a Keras .h5 or torchvision .safetensors/.npz.')
-    weights.first_conv_to_grey(np.zeros((1, 1, 3, 1), np.float32),  # checks first_conv's mode
-                               config.model.first_conv)
-  if not 0.0 <= config.model.dropout_rate < 1.0:
-    raise FerJaxError(f'config.model.dropout_rate={config.model.dropout_rate} is out of range; '
-                      'set it in [0, 1).')
-  if not 0.0 <= config.ema_decay < 1.0:
-    raise FerJaxError(f'config.ema_decay={config.ema_decay} is out of range; set it in [0, 1) '
-                      '(0 = no moving average; 0.999 is usual).')
-  if not 0.0 <= config.label_smoothing < 1.0:
-    raise FerJaxError(f'config.label_smoothing={config.label_smoothing} is out of range; '
-                      'set it in [0, 1).')
-
-
-def warn_about_recipe(config: ml_collections.ConfigDict) -> None:
-  """Says at start when a recipe is known not to learn, with the override that does."""
-  if config.backbone_lr * 10 <= config.head_lr and not config.model.pretrained_weights:
-    logging.warning(
-        'config.backbone_lr=%g is for pretrained backbones: a randomly initialised one hardly moves '
-        'at this rate, and the model stays near the majority class (about 25 %% PublicTest accuracy '
-        'after 2 epochs); add --config.backbone_lr=%g to train it from scratch, or use '
-        'configs/quick.py for a usable model in under half an hour on a CPU.',
-        config.backbone_lr, config.head_lr)
-
-
 def log_outputs(workdir: str, run: RunState) -> None:
   """The run's result and every file it left in the workdir, so nobody has to go looking."""
   lines = []
@@ -277,13 +227,49 @@ def log_outputs(workdir: str, run: RunState) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains config's model, evaluating and checkpointing every epoch; resumes from workdir."""
-  validate_config(config)  # a bad config fails before minutes of data preparation
+  """Trains config's model, evaluating and checkpointing every epoch; resumes from workdir.
+
+  One run per workdir (a second one is refused while the first lives); a run that fails before
+  its first checkpoint removes the workdir it created, so nothing is left half written."""
+  config_checks.validate(config)  # a bad config fails before minutes of data preparation
   logging.info('workdir %s: checkpoints/, metrics.jsonl, config.json, model_summary.txt and '
                'learning_curves.png go there; an existing run there is resumed',
                os.path.abspath(workdir))
-  warn_about_recipe(config)
-  os.makedirs(workdir, exist_ok=True)
+  config_checks.warn_about_recipe(config)
+  created = checkpoint.prepare_workdir(workdir)
+  try:
+    with checkpoint.WorkdirLock(workdir):
+      return _train(config, workdir)
+  except BaseException:
+    committed = [p for p in glob.glob(os.path.join(workdir, 'checkpoints', '*', '*'))
+                 if os.path.basename(p).isdigit()]
+    if created and not committed:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+
+
+def _resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, workdir: str,
+            state: TrainState) -> tuple[TrainState, RunState]:
+  """The latest checkpoint's state and run state, after checking the config builds the same state;
+  also makes sure the best checkpoint is the run's best epoch (Checkpoints.check_best)."""
+  if checkpoints.latest_step() is None:
+    return state, RunState()
+  config_checks.check_resumable(checkpoints.restore_meta(LATEST)['train_config'], config, workdir)
+  try:
+    tree, meta = checkpoints.restore(LATEST, _state_tree(state))
+  except Exception as e:
+    raise FerJaxError(f'the latest checkpoint in {workdir} does not match this config\'s model '
+                      f'and optimiser ({type(e).__name__}); resume with the config it was trained '
+                      'with (config.json there), or pass a new --workdir.') from None
+  run = RunState.from_json(meta['run'])
+  checkpoints.check_best(run.best_step, tree, meta)
+  # The run's counters continue; patience and factors are the current config's, so they can be
+  # changed on resume.
+  logging.info('resumed from %s at epoch %d (step %d)', workdir, run.epoch, int(tree['step']))
+  return state.replace(**tree), run
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh, 'config.batch_size')
   parallel.check_divisible(config.eval_batch_size, mesh, 'config.eval_batch_size')
@@ -302,21 +288,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = create_train_state(jax.random.PRNGKey(config.seed), model,
                              optim.create_optimizer(config, lr_fns), config.model,
                              ema=config.ema_decay > 0)
+  checkpoints = Checkpoints(workdir)
+  state, run = _resume(checkpoints, config, workdir, state)
   model_summary = models.summary(model, {'params': state.params, 'batch_stats': state.batch_stats})
   logging.info('\n%s', model_summary)
   with open(os.path.join(workdir, 'model_summary.txt'), 'w') as f:
     f.write(model_summary + '\n')
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
-
-  checkpoints = Checkpoints(workdir)
-  run = RunState()
-  if checkpoints.latest_step() is not None:
-    # The run's counters continue; patience and factors are the current config's, so they can be
-    # changed on resume.
-    tree, meta = checkpoints.restore(LATEST, _state_tree(state))
-    state, run = state.replace(**tree), RunState.from_json(meta['run'])
-    logging.info('resumed from %s at epoch %d (step %d)', workdir, run.epoch, int(state.step))
   metrics.write_history(workdir, run.history)
   state = parallel.replicate(state, mesh)
 
@@ -357,9 +336,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         bar.update(stop, f'loss {float(sums["loss_sum"]) / float(sums["count"]):.4f}')
     bar.close()
     train_loss, train_accuracy = summarize(sums)
-    if not np.isfinite(train_loss):
-      raise FerJaxError(f'training diverged: the train loss is {train_loss} in epoch {epoch}; lower '
-                        'config.head_lr / config.backbone_lr or check the data.')
+    first_loss = run.history[0]['train_loss'] if run.history else None
+    if not np.isfinite(train_loss) or (first_loss and train_loss > 100 * first_loss):
+      raise FerJaxError(
+          f'training diverged in epoch {epoch}: the train loss is {train_loss:.4g}'
+          + (f', over 100x epoch 1\'s {first_loss:.4g}' if np.isfinite(train_loss) else '')
+          + f'; the checkpoints of epoch {run.epoch} and before are kept. Lower config.head_lr / '
+          'config.backbone_lr or check the data, then resume or start a new --workdir.')
     train_seconds = time.perf_counter() - epoch_start
     if recalibration_faces and state.batch_stats:
       state = state.replace(
@@ -388,14 +371,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     meta = checkpoint_meta(config, run)
     save_latest = saves_latest(epoch, config, run)
     if save_latest or improved:
-      tree = jax.device_get(_state_tree(state))
-      if save_latest:
-        checkpoints.save(LATEST, step_now, tree, meta)
-      if improved:
-        checkpoints.save(BEST, step_now, tree, meta)
-      checkpoints.wait()
+      checkpoints.save_epoch(step_now, jax.device_get(_state_tree(state)), meta, best=improved,
+                             latest=save_latest)
     metrics.write_history(workdir, run.history)
     logging.info(metrics.format_epoch(record))
+  checkpoints.check_best(run.best_step)
   checkpoints.close()
   if run.history:
     plots.learning_curves(run.history, os.path.join(workdir, 'learning_curves.png'))

@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from fer_jax import study, train
+from fer_jax import config_checks, study
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = sorted(p for p in (ROOT / 'configs').glob('*.py') if p.name != '__init__.py')
@@ -22,7 +22,7 @@ def _load(path: pathlib.Path):
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.name)
 def test_config_passes_the_trainers_checks(path):
   config = _load(path).get_config()
-  train.validate_config(config)
+  config_checks.validate(config)
   assert config.model.name and config.num_epochs >= 1
 
 

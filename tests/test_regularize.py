@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import enhanced
-from fer_jax import FerJaxError, augment, models, optim, regularize, train
+from fer_jax import FerJaxError, augment, config_checks, models, optim, regularize, train
 
 
 def _batch(seed=0, size=8):
@@ -68,11 +68,11 @@ def test_config_checks_name_the_field():
   config = enhanced.get_config()
   config.random_erasing = 1.5
   with pytest.raises(FerJaxError, match=r'config.random_erasing=1.5 is a probability'):
-    train.validate_config(config)
+    config_checks.validate(config)
   config = enhanced.get_config()
   config.mixup_alpha = -0.2
   with pytest.raises(FerJaxError, match=r'config.mixup_alpha=-0.2 is negative'):
-    train.validate_config(config)
+    config_checks.validate(config)
 
 
 def test_train_step_with_mixing_and_class_weights_uses_soft_weighted_targets():
@@ -151,7 +151,6 @@ def test_weight_average_follows_its_recurrence_and_serves_from_checkpoints(tmp_p
   # A checkpoint of a run with the average serves the averaged params.
   checkpoints = Checkpoints(str(tmp_path))
   checkpoints.save(LATEST, 3, jax.device_get(train._state_tree(state)), {'epoch': 1})
-  checkpoints.wait()
   checkpoints.close()
   served, _ = load_for_inference(str(tmp_path), 'latest')
   jax.tree_util.tree_map(np.testing.assert_array_equal, served['params'],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import enhanced, smoke
-from fer_jax import FerJaxError, augment, models, optim, train
+from fer_jax import FerJaxError, augment, config_checks, models, optim, train
 from fer_jax.checkpoint import BEST, LATEST, Checkpoints
 from fer_jax.run_state import RunState
 
@@ -110,7 +110,7 @@ def test_plateau_run_records_its_factor_in_history_state_and_checkpoint(tmp_path
   assert meta['run']['plateau']['best_score'] == first['eval_accuracy']
   config.plateau_factor = 1.5
   with pytest.raises(FerJaxError, match=r'config.plateau_factor=1.5 is out of range'):
-    train.validate_config(config)
+    config_checks.validate(config)
 
 
 def test_sgd_with_nesterov_momentum_and_coupled_l2():

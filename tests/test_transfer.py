@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from configs import transfer_vgg16, upsampled_224_rgb
-from fer_jax import FerJaxError, models, optim, train
+from fer_jax import FerJaxError, config_checks, models, optim, train
 from fer_jax.models import weights
 from tests.conftest import generated_smoke_config
 
@@ -326,14 +326,14 @@ def test_config_errors_name_the_field(tmp_path):
   config = _config('cnn48')
   config.model.pretrained_weights = str(tmp_path / 'x.npz')
   with pytest.raises(FerJaxError, match="config.model.name='cnn48' takes no ImageNet weights"):
-    train.validate_config(config)
+    config_checks.validate(config)
   config.model.name = 'vgg16'
   with pytest.raises(FerJaxError, match=r'pretrained_weights=.*x.npz does not exist'):
-    train.validate_config(config)
+    config_checks.validate(config)
   config = _config('vgg16')
   config.freeze_backbone_epochs = -1
   with pytest.raises(FerJaxError, match='freeze_backbone_epochs=-1'):
-    train.validate_config(config)
+    config_checks.validate(config)
 
 
 def test_pretrained_backbone_stays_frozen_for_its_epochs_and_the_head_trains(vgg16_files, tmp_path):

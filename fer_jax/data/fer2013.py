@@ -6,6 +6,7 @@ builder config is named after the CSV's path, size and mtime, so a different or 
 anew instead of silently reusing stale records.
 """
 import contextlib
+import fcntl
 import glob
 import hashlib
 import io
@@ -71,10 +72,28 @@ class Fer2013(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield index, {'image': image, 'label': int(label)}
 
 
+def _remove_incomplete(config_dir: str) -> None:
+  for partial in glob.glob(os.path.join(config_dir, 'incomplete*')):
+    shutil.rmtree(partial, ignore_errors=True)
+
+
 def prepare(csv_path: str, tfds_dir: str) -> Fer2013:
-  """Prepares (once) and returns the builder; a failure leaves nothing half-written."""
+  """Prepares (once) and returns the builder. Processes preparing the same CSV take turns (a file
+  lock), so the one holding the lock can remove what a killed preparation left; a failure leaves
+  nothing half written."""
   builder = Fer2013(csv_path=csv_path, data_dir=tfds_dir)
-  if not builder.is_prepared():
+  if builder.is_prepared():
+    return builder
+  config_dir = os.path.dirname(builder.data_dir)
+  existed = os.path.isdir(config_dir)
+  os.makedirs(config_dir, exist_ok=True)
+  lock_path = os.path.join(config_dir, '.prepare.lock')
+  with open(lock_path, 'a') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # waits while another process prepares
+    builder = Fer2013(csv_path=csv_path, data_dir=tfds_dir)
+    if builder.is_prepared():
+      return builder
+    _remove_incomplete(config_dir)  # left by a preparation that was killed
     logging.info('preparing %s once for TFDS in %s', csv_path, builder.data_dir)
     tfds.disable_progress_bar()  # tqdm's cursor codes would fill log files
     try:
@@ -83,12 +102,12 @@ def prepare(csv_path: str, tfds_dir: str) -> Fer2013:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=os.path.dirname(csv_path)))
     except BaseException:
-      config_dir = os.path.dirname(builder.data_dir)
-      for partial in glob.glob(os.path.join(config_dir, 'incomplete*')):
-        shutil.rmtree(partial, ignore_errors=True)
-      for empty in (config_dir, os.path.dirname(config_dir)):
-        if os.path.isdir(empty) and not os.listdir(empty):
-          os.rmdir(empty)
+      _remove_incomplete(config_dir)
+      if not existed:
+        shutil.rmtree(config_dir, ignore_errors=True)
+        parent = os.path.dirname(config_dir)
+        if os.path.isdir(parent) and not os.listdir(parent):
+          os.rmdir(parent)
       raise
   return builder
 

@@ -1,0 +1,42 @@
+"""python tests/killed_run.py WORKDIR [N:WHEN]: 3 epochs of configs/smoke.py on generated faces in
+WORKDIR. With N:WHEN the process sends itself SIGKILL at the N-th Orbax save of the run: 'during'
+(the save started, not yet committed) or 'after' (committed, before anything else happens). Each
+save prints 'save N KIND STEP' first, so a test knows where the kill fell."""
+import os
+import signal
+import sys
+
+import orbax.checkpoint as ocp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import generated_smoke_config  # noqa: E402
+from fer_jax import train  # noqa: E402
+
+
+def kill_at(number: int, when: str) -> None:
+  original, calls = ocp.CheckpointManager.save, [0]
+
+  def save(self, step, *args, **kwargs):
+    calls[0] += 1
+    print(f'save {calls[0]} {os.path.basename(str(self.directory))} {step}', flush=True)
+    result = original(self, step, *args, **kwargs)
+    if calls[0] == number:
+      if when == 'after':
+        self.wait_until_finished()
+      os.kill(os.getpid(), signal.SIGKILL)
+    return result
+  ocp.CheckpointManager.save = save
+
+
+def main() -> None:
+  config = generated_smoke_config(128, 32)
+  config.num_epochs, config.eval_batch_size, config.bn_recalibration_faces = 3, 32, 64
+  # Scored on training faces without dropout, so accuracy climbs and later epochs are a best too.
+  config.model.dropout_rate, config.data.eval_split, config.data.max_eval_examples = 0.0, 'train', 32
+  number, when = sys.argv[2].split(':') if len(sys.argv) > 2 else ('0', 'never')
+  kill_at(int(number), when)
+  train.train_and_evaluate(config, sys.argv[1])
+
+
+if __name__ == '__main__':
+  main()

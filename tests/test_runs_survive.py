@@ -1,0 +1,206 @@
+"""Runs that survive: killed at any save, the same run comes back with its best checkpoint intact;
+one run per workdir; readers never see a half-written step; environment faults and nonsense
+values are one sentence; nothing is left behind."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import generated_smoke_config, random_rows, write_csv
+from fer_jax import FerJaxError, checkpoint, config_checks, data, train
+from fer_jax.checkpoint import BEST, LATEST
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def _killed_run(workdir, kill: str = '') -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, os.path.join(HERE, 'killed_run.py'), str(workdir)]
+                        + ([kill] if kill else []), capture_output=True, text=True, cwd=REPO)
+
+
+def _leftovers(workdir) -> list[str]:
+  return glob.glob(os.path.join(str(workdir), 'checkpoints', '*', '*tmp*'))
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory):
+  """The uninterrupted run: saves 1 best/4, 2 latest/4, 3 best/8, 4 latest/8, 5 latest/12."""
+  workdir = tmp_path_factory.mktemp('reference')
+  out = _killed_run(workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert [line for line in out.stdout.splitlines() if line.startswith('save')] == [
+      'save 1 best 4', 'save 2 latest 4', 'save 3 best 8', 'save 4 latest 8', 'save 5 latest 12']
+  return workdir
+
+
+def _without_timings(run: dict) -> dict:
+  timings = ('epoch_seconds', 'train_images_per_second')
+  return {**run, 'history': [{k: v for k, v in r.items() if k not in timings} for r in run['history']]}
+
+
+# Killed while epoch 2's best is written; after it is committed but before the latest is; while
+# epoch 2's latest is written.
+@pytest.mark.parametrize('kill', ['3:during', '3:after', '4:during'])
+def test_a_run_killed_at_a_save_resumes_to_the_same_run_and_best(tmp_path, reference_run, kill):
+  killed = _killed_run(tmp_path, kill)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  if kill.endswith('during'):
+    assert _leftovers(tmp_path), 'the kill did not fall inside a save'
+  resumed = _killed_run(tmp_path)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert not _leftovers(tmp_path), 'a half-written step was left behind'
+  for which in (LATEST, BEST):
+    variables, meta = checkpoint.load_for_inference(str(tmp_path), which)
+    expected, expected_meta = checkpoint.load_for_inference(str(reference_run), which)
+    assert _without_timings(meta['run']) == _without_timings(expected_meta['run'])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, variables, expected)
+  best_run = checkpoint.load_for_inference(str(tmp_path), BEST)[1]['run']
+  assert best_run['best']['best_epoch'] == 2 and best_run['epoch'] == 2
+
+
+def _small_config():
+  config = generated_smoke_config(64, 32)
+  config.num_epochs, config.eval_batch_size, config.bn_recalibration_faces = 1, 32, 64
+  return config
+
+
+def test_a_second_run_on_a_workdir_is_refused_until_the_first_ends(tmp_path):
+  os.makedirs(tmp_path / 'run')
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time\nfrom fer_jax.checkpoint import WorkdirLock\n'
+       f'with WorkdirLock({str(tmp_path / "run")!r}):\n  print("locked", flush=True)\n  time.sleep(600)'],
+      stdout=subprocess.PIPE, text=True, cwd=REPO)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    with pytest.raises(FerJaxError, match=rf'is in use by another training run \(process {holder.pid}\)'):
+      train.train_and_evaluate(_small_config(), str(tmp_path / 'run'))
+  finally:
+    holder.kill()  # SIGKILL: the lock must not outlive its process
+    holder.wait()
+  train.train_and_evaluate(_small_config(), str(tmp_path / 'run'))
+  assert checkpoint.Checkpoints(str(tmp_path / 'run')).latest_step() == 2
+
+
+def test_readers_see_only_committed_steps_while_a_run_writes(tmp_path):
+  writer = subprocess.Popen([sys.executable, os.path.join(HERE, 'killed_run.py'), str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  reads, steps = 0, set()
+  while writer.poll() is None:
+    try:
+      _, meta = checkpoint.load_for_inference(str(tmp_path), LATEST)
+    except FerJaxError as e:
+      assert 'has no checkpoints' in str(e) or 'has no checkpoint' in str(e), e
+      time.sleep(0.05)
+      continue
+    reads += 1
+    steps.add(meta['run']['history'][-1]['step'])
+  assert writer.returncode == 0, writer.stderr.read()[-3000:]
+  assert reads > 0 and steps <= {4, 8, 12}
+
+
+def test_a_workdir_that_is_a_file_or_not_writable_is_one_sentence(tmp_path):
+  (tmp_path / 'taken').write_text('x')
+  with pytest.raises(FerJaxError, match=r'taken is a file, not a folder'):
+    train.train_and_evaluate(_small_config(), str(tmp_path / 'taken'))
+  with pytest.raises(FerJaxError, match=r'taken/run is not writable'):
+    train.train_and_evaluate(_small_config(), str(tmp_path / 'taken' / 'run'))
+
+
+def _mount_tmpfs(path, options: str) -> bool:
+  os.makedirs(path, exist_ok=True)
+  return subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)],
+                        capture_output=True).returncode == 0
+
+
+def test_read_only_and_full_disks_are_one_sentence(tmp_path):
+  """Needs a tmpfs mount (root); without one the write check above stands in for it."""
+  if not _mount_tmpfs(tmp_path / 'ro', 'ro,size=1m'):
+    pytest.skip('cannot mount a tmpfs here')
+  try:
+    with pytest.raises(FerJaxError, match=r'ro/run is not writable \(Read-only file system\)'):
+      train.train_and_evaluate(_small_config(), str(tmp_path / 'ro' / 'run'))
+  finally:
+    subprocess.run(['umount', str(tmp_path / 'ro')])
+  # 20 MiB holds the run's small files but not a 77 MiB checkpoint (params and Adam's moments).
+  assert _mount_tmpfs(tmp_path / 'full', 'size=20m')
+  try:
+    with pytest.raises(FerJaxError, match=r'the best checkpoint \(step 2\) needs about \d+ MiB, but '
+                                          r'.*full/run/checkpoints/best has \d+ MiB free; free some space'):
+      train.train_and_evaluate(_small_config(), str(tmp_path / 'full' / 'run'))
+    assert not os.path.exists(tmp_path / 'full' / 'run'), 'the failed start left its workdir'
+  finally:
+    subprocess.run(['umount', str(tmp_path / 'full')])
+
+
+def test_resuming_with_a_config_that_changes_the_state_is_one_sentence(tmp_path):
+  train.train_and_evaluate(_small_config(), str(tmp_path))
+  config = _small_config()
+  config.num_epochs, config.ema_decay = 2, 0.999
+  with pytest.raises(FerJaxError, match=r'trained with config.ema_decay=0.0, and the config now says '
+                                        r'0.999.*resume with --config.ema_decay=0.0'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('head_lr', -1.0, r'config.head_lr=-1.0 is negative'),
+    ('weight_decay', -1.0, r'config.weight_decay=-1.0 is negative'),
+    ('data.max_train_examples', -5, r'config.data.max_train_examples=-5 is negative; use 0 or more \(0 = all\)'),
+    ('momentum', 1.5, r'config.momentum=1.5 is out of range'),
+])
+def test_nonsense_values_are_refused_before_any_work(tmp_path, field, value, message):
+  config = _small_config()
+  group, _, name = field.rpartition('.')
+  (config[group] if group else config)[name] = value
+  with pytest.raises(FerJaxError, match=message):
+    config_checks.validate(config)
+  with pytest.raises(FerJaxError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_a_loss_that_explodes_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = _small_config()
+  # Plain SGD at 100 on the head: its last layer (no BatchNorm after it) grows the logits, so the
+  # loss climbs by orders of magnitude while it is still finite.
+  config.num_epochs, config.head_lr, config.backbone_lr = 3, 100.0, 0.0
+  config.optimizer, config.momentum, config.weight_decay, config.nesterov = 'sgd', 0.0, 0.0, False
+  with pytest.raises(FerJaxError, match=r"training diverged in epoch 2: the train loss is [0-9.e+]+, "
+                                        r"over 100x epoch 1's") as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  diverged = int(str(e.value).split('epoch ')[1].split(':')[0])
+  assert f'the checkpoints of epoch {diverged - 1} and before are kept' in str(e.value)
+  _, meta = checkpoint.load_for_inference(str(tmp_path), LATEST)
+  assert meta['run']['epoch'] == diverged - 1
+
+
+def test_a_failed_start_leaves_no_workdir_and_an_unknown_field_names_the_closest(tmp_path):
+  config = _small_config()
+  config.data.source, config.data.csv_path = 'fer2013', str(tmp_path / 'missing.csv')
+  with pytest.raises(FerJaxError, match='does not exist'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+  out = subprocess.run([sys.executable, '-m', 'fer_jax.main', '--config', 'configs/smoke.py',
+                        '--workdir', str(tmp_path / 'run'), '--config.head_rl=1'],
+                       capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert out.stderr.strip() == ("error: --config.head_rl=1: configs/smoke.py has no field 'head_rl'; "
+                                'did you mean config.head_lr?')
+
+
+def test_preparation_removes_what_a_killed_one_left(tmp_path):
+  csv_path = write_csv(tmp_path / 'fer.csv', random_rows(16))
+  config = _small_config().data
+  config.source, config.csv_path, config.tfds_dir = 'fer2013', str(csv_path), str(tmp_path / 'tfds')
+  from fer_jax.data import fer2013
+  builder = fer2013.Fer2013(csv_path=str(csv_path), data_dir=str(tmp_path / 'tfds'))
+  stale = os.path.join(os.path.dirname(builder.data_dir), 'incomplete.ABC123_1.0.0')
+  os.makedirs(os.path.join(stale, 'part'))
+  assert len(data.load_split(config, 'train')) == 8
+  assert not os.path.exists(stale)
