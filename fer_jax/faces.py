@@ -1,0 +1,170 @@
+"""Faces in photos: detectors behind one interface, and crops framed the way FER2013 frames its faces.
+
+`blazeface` (the default) is MediaPipe's short-range BlazeFace, shipped in the package
+(fer_jax/weights/blazeface_short_range.tflite, Apache-2.0, from mediapipe 0.10.14) and run by
+OpenCV's DNN module: a box and six landmarks per face, eyes included, so the crop can be turned
+until the eyes are level. Its input is 128x128, so a photo is searched whole and in overlapping
+tiles, which finds faces down to ~1/8 of the photo's shorter side. `haar` is OpenCV's bundled
+frontal-face cascade: no landmarks, upright faces only. Both need `pip install "fer_jax[faces]"`.
+"""
+import dataclasses
+import functools
+import math
+import os
+
+import numpy as np
+
+from fer_jax import FerJaxError
+
+DETECTORS = ('blazeface', 'haar')
+BLAZEFACE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
+                              'blazeface_short_range.tflite')
+# FER2013's crops hold a little more than BlazeFace's box: measured on 2,048 Training faces
+# upscaled to 192 px (experiments/README.md, "Face crops"), the box is this share of the side.
+FER_BOX_SHARE = 0.78
+FER_BOX_CENTRE_Y = 0.52  # the box centre's height in a FER2013 crop, as a share of the side
+
+
+@dataclasses.dataclass(frozen=True)
+class Face:
+  """A face in image pixels: its box (x, y, w, h), detector score, and eye centres when known."""
+  box: tuple[int, int, int, int]
+  score: float
+  eyes: tuple[tuple[float, float], tuple[float, float]] | None = None
+
+
+def _cv2():
+  try:
+    import cv2
+  except ImportError:
+    raise FerJaxError('finding faces needs OpenCV: pip install "fer_jax[faces]" '
+                      '(opencv-python-headless<5), or pass --no_detect for face crops.') from None
+  return cv2
+
+
+@functools.lru_cache(maxsize=None)
+def _blazeface_net():
+  return _cv2().dnn.readNetFromTFLite(BLAZEFACE_PATH)
+
+
+@functools.lru_cache(maxsize=None)
+def _blazeface_anchors() -> np.ndarray:
+  """(896, 2) anchor centres of the short-range model: 16x16 cells x 2, then 8x8 cells x 6."""
+  centres = []
+  for cells, per_cell in ((16, 2), (8, 6)):
+    ys, xs = np.meshgrid((np.arange(cells) + 0.5) / cells, (np.arange(cells) + 0.5) / cells,
+                         indexing='ij')
+    centres.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], -1), per_cell, axis=0))
+  return np.concatenate(centres).astype(np.float32)
+
+
+def _blazeface_square(rgb: np.ndarray, threshold: float) -> list[tuple[np.ndarray, float, np.ndarray]]:
+  """Detections in one square RGB image, as (box x0 y0 x1 y1, score, 6 landmarks) in [0, 1]."""
+  cv2 = _cv2()
+  net = _blazeface_net()
+  net.setInput(cv2.dnn.blobFromImage(rgb, 1 / 127.5, (128, 128), (127.5, 127.5, 127.5),
+                                     swapRB=False))
+  scores, raw = net.forward(['classificators', 'regressors'])
+  scores = 1 / (1 + np.exp(-np.clip(scores[0, :, 0], -100, 100)))
+  raw, anchors = raw[0] / 128.0, _blazeface_anchors()
+  found = []
+  for i in np.nonzero(scores >= threshold)[0]:
+    cx, cy = raw[i, 0] + anchors[i, 0], raw[i, 1] + anchors[i, 1]
+    w, h = raw[i, 2], raw[i, 3]
+    landmarks = raw[i, 4:16].reshape(6, 2) + anchors[i]
+    found.append((np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), float(scores[i]),
+                  landmarks))
+  return found
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+  inter = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None).prod()
+  union = (a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter
+  return float(inter / union) if union > 0 else 0.0
+
+
+def _tiles(height: int, width: int) -> list[tuple[int, int, int]]:
+  """Squares (x, y, side) that search a photo: the whole of it (padded to a square), then
+  overlapping squares of half and a quarter of its shorter side."""
+  squares = [(0, 0, max(height, width))]
+  for fraction in (2, 4):
+    side = min(height, width) // fraction
+    if side < 96:
+      break
+    step = side // 2
+    for y in range(0, max(height - side, 0) + 1, step):
+      for x in range(0, max(width - side, 0) + 1, step):
+        squares.append((x, y, side))
+  return squares
+
+
+def detect_blazeface(rgb: np.ndarray, threshold: float = 0.6) -> list[Face]:
+  """Every face BlazeFace finds in an RGB uint8 image, merged across tiles (weighted boxes)."""
+  height, width = rgb.shape[:2]
+  candidates = []
+  for x, y, side in _tiles(height, width):
+    square = np.zeros((side, side, 3), np.uint8)
+    patch = rgb[y:y + side, x:x + side]
+    square[:patch.shape[0], :patch.shape[1]] = patch
+    for box, score, landmarks in _blazeface_square(square, threshold):
+      candidates.append((box * side + [x, y, x, y], score, landmarks * side + [x, y]))
+  candidates.sort(key=lambda c: -c[1])
+  faces, used = [], [False] * len(candidates)
+  for i, (box, score, landmarks) in enumerate(candidates):
+    if used[i]:
+      continue
+    group = [j for j in range(i, len(candidates)) if not used[j] and _iou(box, candidates[j][0]) > 0.3]
+    for j in group:
+      used[j] = True
+    weights = np.array([candidates[j][1] for j in group])[:, None]
+    box = (np.array([candidates[j][0] for j in group]) * weights).sum(0) / weights.sum()
+    landmarks = (np.array([candidates[j][2] for j in group]) * weights[..., None]).sum(0) / weights.sum()
+    x0, y0, x1, y1 = box
+    # Landmark 0 is the person's right eye (left in the picture), 1 the left eye.
+    eyes = (tuple(landmarks[0]), tuple(landmarks[1]))
+    faces.append(Face((int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0))),
+                      score, eyes))
+  return faces
+
+
+def detect_haar(grey: np.ndarray) -> list[Face]:
+  cv2 = _cv2()
+  cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades,
+                                               'haarcascade_frontalface_default.xml'))
+  found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+  return [Face(tuple(int(v) for v in box), 1.0) for box in found]
+
+
+def detect(rgb: np.ndarray, detector: str = 'blazeface') -> list[Face]:
+  """Faces in an RGB uint8 image, largest first."""
+  if detector not in DETECTORS:
+    raise FerJaxError(f'--detector={detector!r} is unknown; use one of {", ".join(DETECTORS)}.')
+  if detector == 'haar':
+    faces = detect_haar(np.asarray(_cv2().cvtColor(rgb, _cv2().COLOR_RGB2GRAY)))
+  else:
+    faces = detect_blazeface(rgb)
+  return sorted(faces, key=lambda f: -f.box[2] * f.box[3])
+
+
+def crop_face(grey: np.ndarray, face: Face, align: bool = True) -> np.ndarray:
+  """A 48x48 crop framed as FER2013 frames its faces; with eye landmarks and `align`, turned so the
+  eyes are level."""
+  cv2 = _cv2()
+  x, y, w, h = face.box
+  side = max(w, h) / FER_BOX_SHARE
+  centre_x = x + w / 2
+  centre_y = y + h / 2 + (0.5 - FER_BOX_CENTRE_Y) * side
+  angle = 0.0
+  if align and face.eyes is not None:
+    (rx, ry), (lx, ly) = face.eyes
+    angle = math.degrees(math.atan2(ly - ry, lx - rx))
+  # Shrink by area averaging first (a warp only interpolates), so the face is ~2x the crop.
+  factor = max(1, int(side // 96))
+  if factor > 1:
+    grey = cv2.resize(grey, (grey.shape[1] // factor, grey.shape[0] // factor),
+                      interpolation=cv2.INTER_AREA)
+    side, centre_x, centre_y = side / factor, centre_x / factor, centre_y / factor
+  matrix = cv2.getRotationMatrix2D((centre_x, centre_y), angle, 48.0 / side)
+  matrix[:, 2] += (24 - centre_x, 24 - centre_y)
+  return cv2.warpAffine(grey, matrix, (48, 48), flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
