@@ -178,7 +178,8 @@ class FerJaxBench:
     """The Predictor as a user calls it: host arrays in, probabilities out, compiled once."""
     from fer_jax.predictor import Predictor
     predictor = Predictor(self.config.model.to_dict(),
-                          {'params': self.initial.params, 'batch_stats': self.initial.batch_stats})
+                          {'params': self.initial.params, 'batch_stats': self.initial.batch_stats},
+                          tta='none')
     faces = self.images[:predictor.batch_size]
     predictor.probabilities(faces[:1])
     start = time.perf_counter()

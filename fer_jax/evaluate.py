@@ -12,7 +12,7 @@ import os
 
 from absl import app, flags, logging
 
-from fer_jax import cli
+from fer_jax import FerJaxError, cli
 
 FLAGS = flags.FLAGS
 
@@ -32,6 +32,9 @@ def define_flags() -> None:
                        'Training faces first (fer_jax.batchnorm); 0 = use the checkpoint\'s.')
   flags.DEFINE_string('recalibration_data', None, 'Where those Training faces come from; '
                       'default --data.')
+  flags.DEFINE_bool('calibrate', False, 'Fit the temperature of the confidences on this split (it '
+                    'must be validation, PublicTest) for the first --tta variant, and store it in '
+                    '<workdir>/calibration.json, where predict and Predictor.from_workdir read it.')
 
 
 def main(argv: list[str]) -> None:
@@ -54,6 +57,16 @@ def main(argv: list[str]) -> None:
   if FLAGS.recalibrate_bn:
     train_faces, _ = evaluation.load_eval_data(FLAGS.recalibration_data or FLAGS.data, 'train')
     predictor.recalibrate_batch_stats(train_faces[:FLAGS.recalibrate_bn])
+  if FLAGS.calibrate:
+    if split != 'validation':
+      raise FerJaxError(f'--calibrate fits on validation (PublicTest) faces, not {split}; pass '
+                        '--split validation.')
+    predictor.temperature = evaluation.fit_temperature(
+        evaluation.view_logits(predictor, faces, FLAGS.tta[0]), labels)
+    if not FLAGS.pretrained:
+      evaluation.write_temperature(FLAGS.workdir, FLAGS.checkpoint, predictor.temperature,
+                                   f'{FLAGS.data} {split}, TTA {FLAGS.tta[0]}')
+    logging.info('temperature %.3f fitted on %d %s faces', predictor.temperature, len(faces), split)
   reports = evaluation.evaluate(predictor, faces, labels, FLAGS.tta, progress=True)
   for variant, report in reports.items():
     print(f'== {split}, TTA {variant} ==\n{evaluation.format_report(report, predictor.labels)}\n')
@@ -68,7 +81,14 @@ def main(argv: list[str]) -> None:
   png = os.path.join(out_dir, f'confusion_{split}.png')
   plots.confusion_matrix(np.array(reports[first]['confusion_matrix']), predictor.labels, png,
                          f'{split}, TTA {first}: accuracy {reports[first]["accuracy"]:.3f}')
-  print(f'wrote {path} and {png}')
+  reliability = os.path.join(out_dir, f'reliability_{split}.png')
+  report = reports[first]
+  plots.reliability_diagram(
+      {'temperature 1': (report['ece'], report['reliability']),
+       f'temperature {report["temperature"]:.2f}': (report['ece_calibrated'],
+                                                     report['reliability_calibrated'])},
+      reliability, f'{split}, TTA {first}')
+  print(f'wrote {path}, {png} and {reliability}')
 
 
 if __name__ == '__main__':

@@ -1,18 +1,17 @@
-"""Scoring a model on labelled faces: test-time augmentation variants and the classification report
-(accuracy, per-class precision / recall / F1, macro-F1, confusion matrix) that `evaluate` prints.
+"""Scoring a model on labelled faces: the classification report (accuracy, per-class precision /
+recall / F1, macro-F1, confusion matrix) for each test-time augmentation variant, and calibration:
+expected calibration error and the temperature that minimises the negative log-likelihood.
 """
+import json
 import os
-from typing import Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fer_jax import FerJaxError, metrics
 from fer_jax.data.csv import read_fer2013_csv
 from fer_jax.data import SPLIT_USAGE, describe_splits
 from fer_jax.data.images import read_image_folder
-from fer_jax.predictor import Predictor
+from fer_jax.predictor import TTA_VARIANTS, Predictor
 
 
 def _check_exists(path: str) -> None:
@@ -54,26 +53,6 @@ def load_eval_data(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   return by_usage[usage]
 
 
-def ten_crops(faces: np.ndarray, crop: int = 44) -> list[np.ndarray]:
-  """Four corners and the centre, each resized back to 48x48, and their mirror images."""
-  size = faces.shape[1]
-  offsets = [(0, 0), (0, size - crop), (size - crop, 0), (size - crop, size - crop),
-             ((size - crop) // 2, (size - crop) // 2)]
-  crops = []
-  for y, x in offsets:
-    patch = jnp.asarray(faces[:, y:y + crop, x:x + crop, :], jnp.float32)
-    resized = jax.image.resize(patch, (len(faces), size, size, faces.shape[-1]), 'bilinear')
-    crops.append(np.asarray(jnp.clip(jnp.round(resized), 0, 255), np.uint8))
-  return crops + [c[:, :, ::-1] for c in crops]
-
-
-TTA_VARIANTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
-    'none': lambda faces: [faces],
-    'flip': lambda faces: [faces, faces[:, :, ::-1]],
-    'ten_crop': ten_crops,
-}
-
-
 def classification_report(labels: np.ndarray, predicted: np.ndarray,
                           class_names: list[str]) -> dict:
   """Accuracy, per-class precision / recall / F1 and support, macro-F1, confusion matrix."""
@@ -100,34 +79,105 @@ def check_tta(tta: list[str]) -> None:
       raise FerJaxError(f'--tta variant {variant!r} is unknown; use any of {", ".join(TTA_VARIANTS)}.')
 
 
+def view_logits(predictor: Predictor, faces: np.ndarray, variant: str,
+                progress: metrics.ProgressBar | None = None) -> np.ndarray:
+  """(views, N, classes) logits of a TTA variant's views of the faces."""
+  out = []
+  for view in TTA_VARIANTS[variant](faces):
+    chunks = []
+    for start in range(0, len(view), predictor.batch_size):
+      chunks.append(predictor.logits(view[start:start + predictor.batch_size]))
+      if progress is not None:
+        progress.update(progress.done + len(chunks[-1]), variant)
+    out.append(np.concatenate(chunks))
+  return np.stack(out)
+
+
+def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
+  """Mean over the views of softmax(logits / temperature): what Predictor.probabilities returns."""
+  scaled = logits / temperature
+  scaled = np.exp(scaled - scaled.max(-1, keepdims=True))
+  return (scaled / scaled.sum(-1, keepdims=True)).mean(0)
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
+                               bins: int = 15) -> tuple[float, list[dict]]:
+  """ECE over equal-width confidence bins, and the bins (count, confidence, accuracy) it came from."""
+  confidence, predicted = probabilities.max(-1), probabilities.argmax(-1)
+  correct = (predicted == labels).astype(np.float64)
+  edges = np.linspace(0, 1, bins + 1)
+  which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+  table, ece = [], 0.0
+  for b in range(bins):
+    chosen = which == b
+    if chosen.any():
+      table.append({'low': float(edges[b]), 'high': float(edges[b + 1]), 'count': int(chosen.sum()),
+                    'confidence': float(confidence[chosen].mean()),
+                    'accuracy': float(correct[chosen].mean())})
+      ece += chosen.mean() * abs(confidence[chosen].mean() - correct[chosen].mean())
+  return float(ece), table
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+  """The temperature in [0.25, 5] that minimises the negative log-likelihood of the labels under
+  calibrated(logits, T): a 1-D search, coarse then fine (temperature scaling, Guo et al. 2017)."""
+  def nll(temperature: float) -> float:
+    return -np.log(calibrated(logits, temperature)[np.arange(len(labels)), labels] + 1e-12).mean()
+  grid = np.exp(np.linspace(np.log(0.25), np.log(5.0), 61))
+  best = grid[int(np.argmin([nll(t) for t in grid]))]
+  fine = np.linspace(best / 1.06, best * 1.06, 41)
+  return float(fine[int(np.argmin([nll(t) for t in fine]))])
+
+
+CALIBRATION_FILE = 'calibration.json'
+
+
+def read_temperature(workdir: str, checkpoint: str) -> float:
+  """The temperature `evaluate --calibrate` fitted for this checkpoint of the workdir, else 1."""
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  if not os.path.exists(path):
+    return 1.0
+  with open(path) as f:
+    return float(json.load(f).get(str(checkpoint), {}).get('temperature', 1.0))
+
+
+def write_temperature(workdir: str, checkpoint: str, temperature: float, fitted_on: str) -> str:
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  stored = json.load(open(path)) if os.path.exists(path) else {}
+  stored[str(checkpoint)] = {'temperature': temperature, 'fitted_on': fitted_on}
+  with open(path + '.tmp', 'w') as f:
+    json.dump(stored, f, indent=2)
+  os.replace(path + '.tmp', path)
+  return path
+
+
 def evaluate(predictor: Predictor, faces: np.ndarray, labels: np.ndarray,
              tta: list[str], progress: bool = False) -> dict[str, dict]:
-  """One report per TTA variant; a variant averages the probabilities of its views. With
-  `progress`, a bar (a log line every 10 % when not on a terminal) counts the faces scored."""
+  """One report per TTA variant (a variant averages the calibrated probabilities of its views),
+  with the expected calibration error before (temperature 1) and after the predictor's
+  temperature. With `progress`, a bar (a log line every 10 % off a terminal) counts the views."""
   check_tta(tta)
   views_per_variant = {'none': 1, 'flip': 2, 'ten_crop': 10}
-  total = len(faces) * sum(views_per_variant[variant] for variant in tta)
-  bar = metrics.ProgressBar(total, 'scoring faces', enabled=progress)
-  done, reports = 0, {}
+  bar = metrics.ProgressBar(len(faces) * sum(views_per_variant[v] for v in tta), 'scoring faces',
+                            enabled=progress)
+  reports = {}
   for variant in tta:
-    probabilities = 0.0
-    views = TTA_VARIANTS[variant](faces)
-    for view in views:
-      chunks = []
-      for start in range(0, len(view), predictor.batch_size):
-        chunks.append(predictor.probabilities(view[start:start + predictor.batch_size]))
-        done += len(chunks[-1])
-        bar.update(done, variant)
-      probabilities = probabilities + np.concatenate(chunks) / len(views)
-    reports[variant] = classification_report(labels, np.asarray(probabilities).argmax(-1),
-                                             predictor.labels)
+    logits = view_logits(predictor, faces, variant, bar)
+    probabilities = calibrated(logits, predictor.temperature)
+    report = classification_report(labels, probabilities.argmax(-1), predictor.labels)
+    report['ece'], report['reliability'] = expected_calibration_error(calibrated(logits, 1.0), labels)
+    report['temperature'] = predictor.temperature
+    report['ece_calibrated'], report['reliability_calibrated'] = expected_calibration_error(
+        probabilities, labels)
+    reports[variant] = report
   bar.close()
   return reports
 
 
 def format_report(report: dict, class_names: list[str]) -> str:
   lines = [f"accuracy {report['accuracy']:.4f} ({report['correct']}/{report['count']})  "
-           f"macro-F1 {report['macro_f1']:.4f}",
+           f"macro-F1 {report['macro_f1']:.4f}  ECE {report['ece']:.4f} "
+           f"(temperature {report['temperature']:.3f}: {report['ece_calibrated']:.4f})",
            f'{"class":10s} {"precision":>9s} {"recall":>7s} {"f1":>6s} {"support":>7s}']
   for name, c in report['per_class'].items():
     lines.append(f"{name:10s} {c['precision']:9.3f} {c['recall']:7.3f} {c['f1']:6.3f} {c['support']:7d}")

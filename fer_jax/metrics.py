@@ -41,8 +41,10 @@ class ProgressBar:
     self.interactive = enabled and stream.isatty()
     self.start = time.perf_counter()
     self.next_log = max(1, total // 10)
+    self.done = 0
 
   def update(self, done: int, extra: str = '') -> None:
+    self.done = done
     if not self.enabled:
       return
     elapsed = time.perf_counter() - self.start

@@ -1,4 +1,5 @@
-"""Pictures a researcher looks at: learning curves and the confusion matrix (matplotlib, Agg)."""
+"""Pictures a researcher looks at: learning curves, the confusion matrix, reliability diagrams
+(matplotlib, Agg)."""
 from typing import Any, Sequence
 
 import matplotlib
@@ -41,6 +42,26 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str,
   axis.set_ylabel('true')
   axis.set_title(title)
   fig.colorbar(image, ax=axis, label='fraction of the true class')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def reliability_diagram(tables: dict[str, tuple[float, list[dict]]], path: str, title: str = '') -> None:
+  """Accuracy against confidence per bin, one line per {label: (ECE, bins)}; the diagonal is a
+  perfectly calibrated model."""
+  fig, axis = plt.subplots(figsize=(5.5, 5))
+  axis.plot([0, 1], [0, 1], 'k--', lw=1, label='calibrated')
+  for label, (ece, bins) in tables.items():
+    axis.plot([b['confidence'] for b in bins], [b['accuracy'] for b in bins], 'o-',
+              label=f'{label} (ECE {ece:.3f})')
+  axis.set_xlabel('confidence (mean in each of 15 bins)')
+  axis.set_ylabel('accuracy in the bin')
+  axis.set_xlim(0, 1)
+  axis.set_ylim(0, 1)
+  axis.grid(alpha=0.3)
+  axis.legend(loc='upper left')
+  axis.set_title(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

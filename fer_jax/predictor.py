@@ -1,26 +1,56 @@
-"""`Predictor`: a trained model loaded once, its forward pass compiled once, for any face images.
+"""`Predictor`: a trained model loaded once, its forward pass compiled once, for faces in any images.
 
-Batches are padded to one of four sizes (1, 8, 64, batch_size = 512), so a stream of any batch
-sizes compiles at most four times.
+A photo's faces are found and framed as FER2013 frames its faces (fer_jax.faces); an image up to
+CROP_MAX_SIDE pixels on its longer side is taken as a face crop already. Test-time augmentation
+averages the probabilities of several views of each face; a temperature fitted on held-out faces
+(fer_jax.evaluation.fit_temperature) makes the confidences calibrated. Batches are padded to one
+of a few fixed sizes, so a stream of any batch sizes compiles a handful of times at most.
 """
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fer_jax import EMOTIONS, FerJaxError, augment, models
+from fer_jax import EMOTIONS, FerJaxError, augment, faces, models
 from fer_jax.checkpoint import BEST, load_for_inference
-from fer_jax.data.images import load_face
+from fer_jax.data.images import load_image, to_face48
+
+# Images up to this many pixels on their longer side are face crops (FER2013's are 48); larger
+# ones are photos, searched for faces.
+CROP_MAX_SIDE = 64
+
+
+def ten_crops(faces: np.ndarray, crop: int = 44) -> list[np.ndarray]:
+  """Four corners and the centre, each resized back to 48x48, and their mirror images."""
+  size = faces.shape[1]
+  offsets = [(0, 0), (0, size - crop), (size - crop, 0), (size - crop, size - crop),
+             ((size - crop) // 2, (size - crop) // 2)]
+  crops = []
+  for y, x in offsets:
+    patch = jnp.asarray(faces[:, y:y + crop, x:x + crop, :], jnp.float32)
+    resized = jax.image.resize(patch, (len(faces), size, size, faces.shape[-1]), 'bilinear')
+    crops.append(np.asarray(jnp.clip(jnp.round(resized), 0, 255), np.uint8))
+  return crops + [c[:, :, ::-1] for c in crops]
+
+
+TTA_VARIANTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
+    'none': lambda faces: [faces],
+    'flip': lambda faces: [faces, faces[:, :, ::-1]],
+    'ten_crop': ten_crops,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
+  """One face: its emotion, the confidence in it, every class's probability, and where the face
+  is in the image, (x, y, w, h) in its pixels (None when the whole image was the face)."""
   emotion: str
   confidence: float
   probabilities: dict[str, float]
+  box: tuple[int, int, int, int] | None = None
 
 
 class Predictor:
@@ -28,7 +58,16 @@ class Predictor:
 
   def __init__(self, model_config: dict[str, Any], variables: dict[str, Any],
                label_map: dict[str, str] | None = None, batch_size: int = 512,
-               fold_batchnorm: bool = False):
+               fold_batchnorm: bool = False, tta: str = 'flip', temperature: float = 1.0,
+               detector: str = 'blazeface', align: bool = True):
+    if tta not in TTA_VARIANTS:
+      raise FerJaxError(f'--tta={tta!r} is unknown; use one of {", ".join(TTA_VARIANTS)}.')
+    if not temperature > 0:
+      raise FerJaxError(f'temperature={temperature} must be positive; 1 leaves the model\'s own '
+                        'probabilities.')
+    if detector not in faces.DETECTORS:
+      raise FerJaxError(f'--detector={detector!r} is unknown; use one of {", ".join(faces.DETECTORS)}.')
+    self.tta, self.temperature, self.detector, self.align = tta, float(temperature), detector, align
     self.model_config = ml_collections.ConfigDict(model_config)
     if fold_batchnorm and self.model_config.name != 'cnn48':
       raise FerJaxError(f'fold_batchnorm=True serves only model.name=cnn48, not '
@@ -43,9 +82,9 @@ class Predictor:
     self.variables = variables
     self.labels = [label_map[str(i)] for i in range(len(label_map))] if label_map else list(EMOTIONS)
     self.batch_size = batch_size
-    # Padded sizes: one face stays cheap, big batches stay fast (inference measured 1.09x PyTorch
-    # at batch 64, 1.50x at 512), at most four compilations.
-    self.buckets = sorted({min(size, batch_size) for size in (1, 8, 64, batch_size)})
+    # Padded sizes: one face stays cheap (and its 2 or 10 TTA views), big batches stay fast
+    # (inference measured 1.09x PyTorch at batch 64, 1.50x at 512).
+    self.buckets = sorted({min(size, batch_size) for size in (1, 2, 10, 64, batch_size)})
     self._probabilities = jax.jit(self._forward)
 
   @property
@@ -62,15 +101,20 @@ class Predictor:
 
   @classmethod
   def pretrained(cls, **kwargs) -> 'Predictor':
-    """The model that ships with fer_jax (fer_jax/weights/, card in README "Model card")."""
+    """The model that ships with fer_jax (fer_jax/weights/, card in README "Model card"), with
+    the temperature fitted for it on PublicTest."""
     from fer_jax import pretrained
     variables, card = pretrained.load()
+    kwargs.setdefault('temperature', card.get('temperature', 1.0))
     return cls(card['model_config'], variables, card['label_map'], **kwargs)
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str = BEST, **kwargs) -> 'Predictor':
+    """A checkpoint of a workdir, with the temperature `evaluate --calibrate` fitted for it."""
+    from fer_jax import evaluation
     variables, meta = load_for_inference(workdir, checkpoint)
-    return cls(meta['model_config'], variables, meta.get('label_map'), **kwargs)
+    kwargs.setdefault('temperature', evaluation.read_temperature(workdir, checkpoint))
+    return cls(meta['model_config'], variables, meta['label_map'], **kwargs)
 
   def recalibrate_batch_stats(self, faces: np.ndarray, batch_size: int = 256) -> None:
     """Replaces the BatchNorm statistics by those of these clean faces (fer_jax.batchnorm)."""
@@ -84,11 +128,10 @@ class Predictor:
     self.variables = {**self.variables, 'batch_stats': stats}
 
   def _forward(self, variables, faces: jax.Array) -> jax.Array:
-    logits = self._serving_model.apply(variables, augment.normalize(faces), train=False)
-    return jax.nn.softmax(logits, axis=-1)
+    return self._serving_model.apply(variables, augment.normalize(faces), train=False)
 
-  def probabilities(self, faces: np.ndarray) -> np.ndarray:
-    """uint8 (N, 48, 48[, 1]) faces -> (N, classes) probabilities, in fixed-size padded batches."""
+  def logits(self, faces: np.ndarray) -> np.ndarray:
+    """uint8 (N, 48, 48[, 1]) faces -> (N, classes) logits, in fixed-size padded batches."""
     faces = np.asarray(faces, np.uint8).reshape(-1, 48, 48, 1)
     out = []
     for start in range(0, len(faces), self.batch_size):
@@ -100,14 +143,55 @@ class Predictor:
                                                 jnp.asarray(padded)))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
+  def probabilities(self, faces: np.ndarray, tta: str | None = None) -> np.ndarray:
+    """(N, classes) calibrated probabilities: the mean over the TTA variant's views (default the
+    predictor's) of softmax(logits / temperature)."""
+    faces = np.asarray(faces, np.uint8).reshape(-1, 48, 48, 1)
+    if not len(faces):
+      return np.zeros((0, len(self.labels)), np.float32)
+    views = TTA_VARIANTS[tta or self.tta](faces)
+    logits = self.logits(np.concatenate(views)).reshape(len(views), len(faces), -1)
+    scaled = logits / self.temperature
+    scaled = np.exp(scaled - scaled.max(-1, keepdims=True))
+    return (scaled / scaled.sum(-1, keepdims=True)).mean(0)
+
   def to_prediction(self, probabilities: np.ndarray) -> Prediction:
     best = int(np.argmax(probabilities))
     return Prediction(self.labels[best], float(probabilities[best]),
                       {name: float(p) for name, p in zip(self.labels, probabilities)})
 
-  def predict(self, images: Sequence[Any], detect_faces: bool = False) -> list[Prediction]:
-    faces = np.stack([load_face(image, detect_faces) for image in images])
-    return [self.to_prediction(p) for p in self.probabilities(faces)]
+  def find_faces(self, image: Any, detect: bool | None = None) -> tuple[np.ndarray, list]:
+    """(48x48 crops (N, 48, 48), their boxes in the image's pixels, None for a whole-image crop).
+    detect=None: photos (longer side > CROP_MAX_SIDE) are searched, smaller images are crops."""
+    rgb, grey, scale = load_image(image)
+    if detect is None:
+      detect = max(grey.shape) * scale > CROP_MAX_SIDE
+    if not detect:
+      return to_face48(grey)[None], [None]
+    found = faces.detect(rgb, self.detector)
+    crops = np.stack([faces.crop_face(grey, face, self.align) for face in found]) if found else (
+        np.zeros((0, 48, 48), np.uint8))
+    return crops, [tuple(int(round(v * scale)) for v in face.box) for face in found]
+
+  def predict_faces(self, image: Any, detect: bool | None = None) -> list[Prediction]:
+    """Every face in the image, largest first; [] when a photo has none."""
+    crops, boxes = self.find_faces(image, detect)
+    return [dataclasses.replace(self.to_prediction(p), box=box)
+            for p, box in zip(self.probabilities(crops), boxes)]
+
+  def predict(self, images: Sequence[Any], detect: bool | None = None) -> list[Prediction]:
+    """One prediction per image, of its largest face; an image with no face is an error."""
+    crops, boxes = [], []
+    for image in images:
+      image_crops, image_boxes = self.find_faces(image, detect)
+      if not len(image_crops):
+        name = image if isinstance(image, (str, bytes)) or hasattr(image, '__fspath__') else 'an image'
+        raise FerJaxError(f'no face found in {name} ({self.detector}); if it is a face crop '
+                          'already, pass detect=False (--no_detect).')
+      crops.append(image_crops[0])
+      boxes.append(image_boxes[0])
+    return [dataclasses.replace(self.to_prediction(p), box=box)
+            for p, box in zip(self.probabilities(np.stack(crops)), boxes)]
 
 
 def load_and_predict(checkpoint: str, image: Any) -> tuple[str, float, dict[str, float]]:

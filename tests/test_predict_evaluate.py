@@ -13,6 +13,7 @@ from conftest import generated_smoke_config, write_csv
 import ml_collections
 
 from fer_jax import EMOTIONS, FerJaxError, augment, evaluation, models, predict, train
+from fer_jax import predictor as predictor_module
 from fer_jax.checkpoint import load_for_inference
 from fer_jax.data import images as fer_images
 from fer_jax.data.csv import read_fer2013_csv
@@ -112,7 +113,8 @@ def test_same_face_in_any_format_gives_the_same_prediction(tmp_path, predictor, 
   Image.fromarray(np.stack([face] * 3, -1)).save(tmp_path / 'rgb.jpg', quality=95)
   big = np.kron(face, np.ones((2, 2), np.uint8))
   Image.fromarray(np.dstack([big, big, big, np.full_like(big, 255)]), 'RGBA').save(tmp_path / 'big.png')
-  grey, rgb_jpeg, rgba = (predictor.predict([tmp_path / n])[0]
+  # big.png (96 px) would be searched for a face: detect=False takes it as the crop it is.
+  grey, rgb_jpeg, rgba = (predictor.predict([tmp_path / n], detect=False)[0]
                           for n in ('grey.png', 'rgb.jpg', 'big.png'))
   assert grey.probabilities == rgba.probabilities  # lossless and exactly downsampled: identical
   jpeg_error = np.abs(np.array(list(grey.probabilities.values()))
@@ -163,8 +165,8 @@ def test_predict_cli_reports_each_bad_file_and_classifies_the_rest(tmp_path, tra
   assert [l['file'] for l in lines] == files[:1]  # stdout holds the results, stderr the errors
   assert lines[0]['emotion'] in EMOTIONS and len(lines[0]['probabilities']) == 7
   error_lines = [l for l in out.stderr.splitlines() if l.startswith('error: ')]
-  assert [l.split(': ')[1] for l in error_lines] == files[1:]
-  errors = {os.path.basename(l.split(': ')[1]): l for l in error_lines}
+  assert [l[len('error: '):].split(' ')[0] for l in error_lines] == files[1:]
+  errors = {os.path.basename(l[len('error: '):].split(' ')[0]): l for l in error_lines}
   assert 'does not exist' in errors['missing.png']
   assert 'is empty (0 bytes)' in errors['empty.png']
   assert 'not an image PIL can read' in errors['text.jpg']
@@ -172,10 +174,12 @@ def test_predict_cli_reports_each_bad_file_and_classifies_the_rest(tmp_path, tra
   assert 'Traceback' not in out.stderr
 
 
-def test_detect_faces_says_when_it_finds_none(tmp_path, predictor):
+def test_a_photo_without_a_face_is_an_error_not_a_guess(tmp_path, predictor):
   Image.fromarray(np.full((120, 120), 128, np.uint8)).save(tmp_path / 'wall.png')
-  with pytest.raises(FerJaxError, match=r'wall.png has no face OpenCV can find'):
-    predictor.predict([tmp_path / 'wall.png'], detect_faces=True)
+  assert predictor.predict_faces(tmp_path / 'wall.png') == []
+  with pytest.raises(FerJaxError, match=r'no face found in .*wall.png \(blazeface\); if it is a face '
+                                        r'crop already, pass detect=False \(--no_detect\)'):
+    predictor.predict([tmp_path / 'wall.png'])
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -185,9 +189,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_tta_views():
   faces = np.full((2, 48, 48, 1), 90, np.uint8)
-  views = evaluation.ten_crops(faces)
+  views = predictor_module.ten_crops(faces)
   assert len(views) == 10 and all(v.shape == faces.shape for v in views)
   assert all((v == 90).all() for v in views)  # a flat face stays flat under crop + resize
   ramp = np.tile(np.arange(48, dtype=np.uint8)[None, None, :, None], (1, 48, 1, 1))
-  flipped = evaluation.TTA_VARIANTS['flip'](ramp)
+  flipped = predictor_module.TTA_VARIANTS['flip'](ramp)
   np.testing.assert_array_equal(flipped[1][0, 0, :, 0], np.arange(48)[::-1])

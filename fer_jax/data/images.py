@@ -10,35 +10,25 @@ from fer_jax import EMOTIONS, FerJaxError
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp')
 
 
-def _to_grey(image: Image.Image) -> np.ndarray:
-  """Grey uint8 from any PIL mode: 16-bit scaled down, alpha composited on white, palette expanded."""
+def _normalised(image: Image.Image) -> Image.Image:
+  """'L' or 'RGB' from any PIL mode, upright by its EXIF orientation: 16-bit scaled down, alpha
+  composited on white, palette and CMYK converted."""
   image = ImageOps.exif_transpose(image)
   if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
     values = np.asarray(image, dtype=np.float64)
     top = 65535.0 if image.mode.startswith('I;16') or values.max() > 255 else 255.0
-    return np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8))
   if image.mode == 'P':
     image = image.convert('RGBA')
   if image.mode in ('RGBA', 'LA', 'PA'):
     background = Image.new('RGBA', image.size, (255, 255, 255, 255))
     image = Image.alpha_composite(background, image.convert('RGBA'))
-  return np.asarray(image.convert('L'), dtype=np.uint8)
+  return image if image.mode in ('L', 'RGB') else image.convert('RGB')
 
 
-def largest_face(grey: np.ndarray) -> np.ndarray | None:
-  """The largest frontal face found by OpenCV's bundled Haar cascade, or None."""
-  try:
-    import cv2
-  except ImportError:
-    raise FerJaxError('--detect_faces needs OpenCV: pip install "fer_jax[faces]" '
-                      '(opencv-python-headless<5, which ships the Haar cascades).') from None
-  cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades,
-                                               'haarcascade_frontalface_default.xml'))
-  faces = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-  if len(faces) == 0:
-    return None
-  x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
-  return grey[y:y + h, x:x + w]
+def _to_grey(image: Image.Image) -> np.ndarray:
+  """Grey uint8 (ITU-R 601 luma) from any PIL mode."""
+  return np.asarray(_normalised(image).convert('L'), dtype=np.uint8)
 
 
 def to_face48(grey: np.ndarray) -> np.ndarray:
@@ -50,41 +40,62 @@ def to_face48(grey: np.ndarray) -> np.ndarray:
   return np.asarray(Image.fromarray(grey).resize((48, 48), resample), dtype=np.uint8)
 
 
-def load_face(source: Any, detect_faces: bool = False) -> np.ndarray:
-  """A path, PIL image or array -> uint8 (48, 48) grey face. Raises FerJaxError naming the file."""
+# Photos larger than this on a side are shrunk on loading (area averaging), so memory stays bounded
+# for any photo; boxes are still reported in the photo's own pixels.
+MAX_SIDE = 4096
+
+
+def load_image(source: Any) -> tuple[np.ndarray, np.ndarray, float]:
+  """A path, PIL image or array -> (uint8 RGB, uint8 grey, how many original pixels one of their
+  pixels spans). Raises FerJaxError naming the file."""
   if isinstance(source, np.ndarray):
     array = source
-    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
-      array = array[..., 0] if array.shape[-1] == 1 else _to_grey(Image.fromarray(
-          array.astype(np.uint8)))
-    if array.ndim != 2:
-      raise FerJaxError(f'an array face must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), '
-                        f'not {source.shape}; pass a grey or RGB image.')
     if array.dtype != np.uint8:
       array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    grey = array
-  elif isinstance(source, Image.Image):
-    grey = _to_grey(source)
-  else:
-    path = os.fspath(source)
-    if not os.path.isfile(path):
-      raise FerJaxError(f'{path} does not exist; check the path.')
-    if os.path.getsize(path) == 0:
-      raise FerJaxError(f'{path} is empty (0 bytes); pass an image file.')
-    try:
-      with Image.open(path) as image:
-        image.load()
-        grey = _to_grey(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-      kind = 'truncated or damaged' if 'truncated' in str(e) else 'not an image PIL can read'
-      raise FerJaxError(f'{path} is {kind} ({e}); pass a PNG, JPEG or other image file.') from None
-  if detect_faces:
-    face = largest_face(grey)
-    if face is None:
-      name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else 'the image'
-      raise FerJaxError(f'{name} has no face OpenCV can find; crop it by hand or drop --detect_faces.')
-    grey = face
-  return to_face48(grey)
+    if array.ndim == 3 and array.shape[-1] == 1:
+      array = array[..., 0]
+    if array.ndim == 2:
+      return np.repeat(array[..., None], 3, -1), array, 1.0
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+      image = _normalised(Image.fromarray(array))
+      return np.asarray(image.convert('RGB')), np.asarray(image.convert('L')), 1.0
+    raise FerJaxError(f'an array face must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), '
+                      f'not {source.shape}; pass a grey or RGB image.')
+  if isinstance(source, Image.Image):
+    return _shrunk(source, max(source.size))
+  path = os.fspath(source)
+  if not os.path.isfile(path):
+    raise FerJaxError(f'{path} does not exist; check the path.')
+  if os.path.getsize(path) == 0:
+    raise FerJaxError(f'{path} is empty (0 bytes); pass an image file.')
+  try:
+    with Image.open(path) as image:
+      original = max(image.size)
+      image.draft('RGB', (MAX_SIDE, MAX_SIDE))  # JPEGs decode straight at a reduced size
+      return _shrunk(image, original)
+  except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+    kind = 'truncated or damaged' if 'truncated' in str(e).lower() else 'not an image PIL can read'
+    raise FerJaxError(f'{path} is {kind} ({e}); pass a PNG, JPEG or other image file.') from None
+
+
+def _shrunk(image: Image.Image, original_side: int) -> tuple[np.ndarray, np.ndarray, float]:
+  image.load()
+  image = _normalised(image)
+  if max(image.size) > MAX_SIDE:
+    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
+  grey = np.asarray(image.convert('L'), np.uint8)
+  return np.asarray(image.convert('RGB'), np.uint8), grey, original_side / max(grey.shape)
+
+
+def load_grey(source: Any) -> tuple[np.ndarray, float]:
+  """(uint8 grey image, original pixels per pixel) of a path, PIL image or array."""
+  _, grey, scale = load_image(source)
+  return grey, scale
+
+
+def load_face(source: Any) -> np.ndarray:
+  """A face crop (path, PIL image or array) -> uint8 (48, 48) grey face, the whole image resized."""
+  return to_face48(load_grey(source)[0])
 
 
 def read_image_folder(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
