@@ -20,7 +20,7 @@ def main(argv: list[str]) -> None:
   cli.configure_cpu_backend()
   from fer_jax.predictor import TTA_VARIANTS, Predictor
   predictor = Predictor.pretrained()
-  face = np.random.default_rng(0).integers(0, 256, (1, 48, 48), dtype=np.uint8)
+  face = np.random.default_rng(0).integers(0, 256, (1, 48, 48, 1), dtype=np.uint8)
   print('| TTA | views | ms per face (median) | 90th percentile |')
   print('|---|---:|---:|---:|')
   for variant in TTA_VARIANTS:

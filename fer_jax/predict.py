@@ -55,7 +55,8 @@ def define_flags() -> None:
   flags.DEFINE_bool('no_detect', False, 'Take every image as a face crop: no face search.')
   flags.DEFINE_enum('detector', 'blazeface', ['blazeface', 'haar'], 'Face detector for photos.')
   flags.DEFINE_bool('no_align', False, 'Do not turn crops so the eyes are level.')
-  flags.DEFINE_enum('tta', 'flip', ['none', 'flip', 'ten_crop'], 'Test-time augmentation.')
+  flags.DEFINE_enum('tta', 'ten_crop', ['none', 'flip', 'ten_crop'], 'Test-time augmentation: '
+                    'ten_crop (the default) costs ~25 ms a face on a 2-core CPU, flip ~6, none ~4.')
 
 
 def run(files: list[str], predictor: Any, as_json: bool, detect: bool | None) -> int:

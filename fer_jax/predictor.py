@@ -58,7 +58,7 @@ class Predictor:
 
   def __init__(self, model_config: dict[str, Any], variables: dict[str, Any],
                label_map: dict[str, str] | None = None, batch_size: int = 512,
-               fold_batchnorm: bool = False, tta: str = 'flip', temperature: float = 1.0,
+               fold_batchnorm: bool = False, tta: str = 'ten_crop', temperature: float = 1.0,
                detector: str = 'blazeface', align: bool = True):
     if tta not in TTA_VARIANTS:
       raise FerJaxError(f'--tta={tta!r} is unknown; use one of {", ".join(TTA_VARIANTS)}.')

@@ -10,7 +10,7 @@ import pytest
 from fer_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ('main', 'evaluate', 'predict', 'study', 'pretrained', 'bench', 'augment')
+COMMANDS = ('main', 'evaluate', 'predict', 'study', 'pretrained', 'bench', 'augment', 'export')
 
 # Runs a command's module as `python -m` does, then says whether JAX was imported.
 _HELP_PROBE = '''
