@@ -10,6 +10,7 @@ managers remove temporary folders left by a killed run.
 """
 import errno
 import fcntl
+import json
 import os
 import shutil
 import time
@@ -222,3 +223,25 @@ def load_for_inference(workdir: str, which: str = BEST,
   # A run with config.ema_decay evaluated (and re-measured BatchNorm for) the averaged params.
   params = state.get('ema_params', state['params'])
   return {'params': params, 'batch_stats': state['batch_stats']}, restored.meta
+
+
+CALIBRATION_FILE = 'calibration.json'
+
+
+def read_temperature(workdir: str, checkpoint: str) -> float:
+  """The temperature `evaluate --calibrate` fitted for this checkpoint of the workdir, else 1."""
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  if not os.path.exists(path):
+    return 1.0
+  with open(path) as f:
+    return float(json.load(f).get(str(checkpoint), {}).get('temperature', 1.0))
+
+
+def write_temperature(workdir: str, checkpoint: str, temperature: float, fitted_on: str) -> str:
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  stored = json.load(open(path)) if os.path.exists(path) else {}
+  stored[str(checkpoint)] = {'temperature': temperature, 'fitted_on': fitted_on}
+  with open(path + '.tmp', 'w') as f:
+    json.dump(stored, f, indent=2)
+  os.replace(path + '.tmp', path)
+  return path

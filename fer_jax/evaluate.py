@@ -43,11 +43,14 @@ def main(argv: list[str]) -> None:
   if not (FLAGS.workdir or FLAGS.pretrained) or not FLAGS.data:
     raise app.UsageError('--data and one of --workdir or --pretrained are required.')
   import numpy as np
-  from fer_jax import evaluation, plots
+  from fer_jax import checkpoint, evaluation, plots
   from fer_jax.predictor import Predictor
   evaluation.check_tta(FLAGS.tta)
   out_dir = FLAGS.workdir or 'pretrained_eval'
   split = FLAGS.split or evaluation.default_split(FLAGS.data)
+  if FLAGS.calibrate and split != 'validation':
+    raise FerJaxError(f'--calibrate fits on validation (PublicTest) faces, not {split}; pass '
+                      '--split validation.')
   logging.info('scoring %s of %s with %s; reports go to %s', split, FLAGS.data,
                'the shipped weights' if FLAGS.pretrained else f'{FLAGS.workdir} ({FLAGS.checkpoint})',
                os.path.abspath(out_dir))
@@ -58,13 +61,10 @@ def main(argv: list[str]) -> None:
     train_faces, _ = evaluation.load_eval_data(FLAGS.recalibration_data or FLAGS.data, 'train')
     predictor.recalibrate_batch_stats(train_faces[:FLAGS.recalibrate_bn])
   if FLAGS.calibrate:
-    if split != 'validation':
-      raise FerJaxError(f'--calibrate fits on validation (PublicTest) faces, not {split}; pass '
-                        '--split validation.')
     predictor.temperature = evaluation.fit_temperature(
         evaluation.view_logits(predictor, faces, FLAGS.tta[0]), labels)
     if not FLAGS.pretrained:
-      evaluation.write_temperature(FLAGS.workdir, FLAGS.checkpoint, predictor.temperature,
+      checkpoint.write_temperature(FLAGS.workdir, FLAGS.checkpoint, predictor.temperature,
                                    f'{FLAGS.data} {split}, TTA {FLAGS.tta[0]}')
     logging.info('temperature %.3f fitted on %d %s faces', predictor.temperature, len(faces), split)
   reports = evaluation.evaluate(predictor, faces, labels, FLAGS.tta, progress=True)

@@ -2,7 +2,6 @@
 recall / F1, macro-F1, confusion matrix) for each test-time augmentation variant, and calibration:
 expected calibration error and the temperature that minimises the negative log-likelihood.
 """
-import json
 import os
 
 import numpy as np
@@ -127,28 +126,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
   best = grid[int(np.argmin([nll(t) for t in grid]))]
   fine = np.linspace(best / 1.06, best * 1.06, 41)
   return float(fine[int(np.argmin([nll(t) for t in fine]))])
-
-
-CALIBRATION_FILE = 'calibration.json'
-
-
-def read_temperature(workdir: str, checkpoint: str) -> float:
-  """The temperature `evaluate --calibrate` fitted for this checkpoint of the workdir, else 1."""
-  path = os.path.join(workdir, CALIBRATION_FILE)
-  if not os.path.exists(path):
-    return 1.0
-  with open(path) as f:
-    return float(json.load(f).get(str(checkpoint), {}).get('temperature', 1.0))
-
-
-def write_temperature(workdir: str, checkpoint: str, temperature: float, fitted_on: str) -> str:
-  path = os.path.join(workdir, CALIBRATION_FILE)
-  stored = json.load(open(path)) if os.path.exists(path) else {}
-  stored[str(checkpoint)] = {'temperature': temperature, 'fitted_on': fitted_on}
-  with open(path + '.tmp', 'w') as f:
-    json.dump(stored, f, indent=2)
-  os.replace(path + '.tmp', path)
-  return path
 
 
 def evaluate(predictor: Predictor, faces: np.ndarray, labels: np.ndarray,

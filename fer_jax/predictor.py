@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from fer_jax import EMOTIONS, FerJaxError, augment, faces, models
-from fer_jax.checkpoint import BEST, load_for_inference
+from fer_jax.checkpoint import BEST, load_for_inference, read_temperature
 from fer_jax.data.images import load_image, to_face48
 
 # Images up to this many pixels on their longer side are face crops (FER2013's are 48); larger
@@ -111,9 +111,8 @@ class Predictor:
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str = BEST, **kwargs) -> 'Predictor':
     """A checkpoint of a workdir, with the temperature `evaluate --calibrate` fitted for it."""
-    from fer_jax import evaluation
     variables, meta = load_for_inference(workdir, checkpoint)
-    kwargs.setdefault('temperature', evaluation.read_temperature(workdir, checkpoint))
+    kwargs.setdefault('temperature', read_temperature(workdir, checkpoint))
     return cls(meta['model_config'], variables, meta['label_map'], **kwargs)
 
   def recalibrate_batch_stats(self, faces: np.ndarray, batch_size: int = 256) -> None:

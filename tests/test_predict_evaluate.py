@@ -195,3 +195,24 @@ def test_tta_views():
   ramp = np.tile(np.arange(48, dtype=np.uint8)[None, None, :, None], (1, 48, 1, 1))
   flipped = predictor_module.TTA_VARIANTS['flip'](ramp)
   np.testing.assert_array_equal(flipped[1][0, 0, :, 0], np.arange(48)[::-1])
+
+
+def test_evaluate_calibrate_stores_the_temperature_the_predictor_then_uses(tmp_path, trained_workdir,
+                                                                           real_faces):
+  faces, labels = real_faces
+  csv_path = write_csv(tmp_path / 'public.csv', [(int(l), f, 'PublicTest')
+                                                 for f, l in zip(faces[:128], labels[:128])])
+  cmd = [sys.executable, '-m', 'fer_jax.evaluate', '--workdir', trained_workdir, '--data',
+         str(csv_path), '--tta=none', '--calibrate']
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-2000:]
+  stored = json.load(open(os.path.join(trained_workdir, 'calibration.json')))['best']['temperature']
+  report = json.load(open(os.path.join(trained_workdir, 'eval_validation.json')))['reports']['none']
+  assert report['temperature'] == stored != 1.0
+  assert report['ece_calibrated'] <= report['ece'] + 0.02
+  assert os.path.getsize(os.path.join(trained_workdir, 'reliability_validation.png')) > 1000
+  assert predict.Predictor.from_workdir(trained_workdir).temperature == stored
+  out = subprocess.run(cmd + ['--split', 'train'], capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == ('error: --calibrate fits on validation (PublicTest) '
+                                                 'faces, not train; pass --split validation.')
