@@ -114,6 +114,10 @@ def run(files: list[Any], predictor: Any, as_json: bool, detect: bool | None,
       print(f'error: {e}' if str(name) in str(e) else f'error: {name}: {e}', file=sys.stderr)
   if csv_path:
     _write_csv(csv_path, table, predictor.labels)
+    print(f'wrote {len(table)} rows to {csv_path}', file=sys.stderr)
+  if FLAGS.annotate and any(isinstance(p, int) or str(p).lower().endswith(video.VIDEO_EXTENSIONS)
+                            for p in files):
+    print(f'wrote the annotated video to {FLAGS.annotate}', file=sys.stderr)
   return failures
 
 

@@ -218,7 +218,8 @@ def log_outputs(workdir: str, run: RunState) -> None:
     if os.path.basename(folder).isdigit():  # an Orbax step: one line, not its internals
       lines.append(f'  {relative}/')
     else:
-      lines += [f'  {os.path.join(relative, n) if relative != "." else n}' for n in sorted(names)]
+      lines += [f'  {os.path.join(relative, n) if relative != "." else n}' for n in sorted(names)
+                if not n.startswith('.')]  # the lock file is the run's, not an output
   logging.info('%s: %d epochs, best validation accuracy %.4f at epoch %d; wrote\n%s\n'
                'next: python -m fer_jax.evaluate --workdir %s --data <csv or folder>, '
                'python -m fer_jax.predict --workdir %s <images>',
