@@ -6,7 +6,8 @@ with its box, the emotion, a calibrated confidence and every class's probability
     python -m fer_jax.predict --workdir runs/quick --tta flip --detector haar photo.jpg
 
 Images up to 64 px on their longer side are taken as face crops; larger ones are searched for
-faces (--no_detect takes every image as a crop). Folders are searched for images (recursively). A
+faces, and one up to 160 px with no face found is taken as a crop too (--no_detect takes every
+image as a crop). Folders are searched for images (recursively). A
 file that cannot be read, or a photo with no face, gets one `error:` line on stderr and the others
 are still classified. Exit status: 0 when every file gave a face, 1 otherwise, 2 for bad flags.
 In Python: `from fer_jax.predict import Predictor` (fer_jax/predictor.py).

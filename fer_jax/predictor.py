@@ -19,8 +19,11 @@ from fer_jax.checkpoint import BEST, load_for_inference, read_temperature
 from fer_jax.data.images import load_image, to_face48
 
 # Images up to this many pixels on their longer side are face crops (FER2013's are 48); larger
-# ones are photos, searched for faces.
+# ones are photos, searched for faces. A searched image up to CROP_FALLBACK_SIDE in which no face
+# is found is taken as a crop too: aligned face datasets (RAF-DB's are 100 px) frame the face so
+# tightly that a detector, which expects some head around it, can miss it.
 CROP_MAX_SIDE = 64
+CROP_FALLBACK_SIDE = 160
 
 
 def ten_crops(faces: np.ndarray, crop: int = 44) -> list[np.ndarray]:
@@ -161,13 +164,15 @@ class Predictor:
 
   def find_faces(self, image: Any, detect: bool | None = None) -> tuple[np.ndarray, list]:
     """(48x48 crops (N, 48, 48), their boxes in the image's pixels, None for a whole-image crop).
-    detect=None: photos (longer side > CROP_MAX_SIDE) are searched, smaller images are crops."""
+    detect=None: photos (longer side > CROP_MAX_SIDE) are searched, smaller images are crops, and
+    so are searched images up to CROP_FALLBACK_SIDE where no face is found."""
     rgb, grey, scale = load_image(image)
-    if detect is None:
-      detect = max(grey.shape) * scale > CROP_MAX_SIDE
-    if not detect:
+    side = max(grey.shape) * scale
+    if detect is False or (detect is None and side <= CROP_MAX_SIDE):
       return to_face48(grey)[None], [None]
     found = faces.detect(rgb, self.detector)
+    if not found and detect is None and side <= CROP_FALLBACK_SIDE:
+      return to_face48(grey)[None], [None]
     crops = np.stack([faces.crop_face(grey, face, self.align) for face in found]) if found else (
         np.zeros((0, 48, 48), np.uint8))
     return crops, [tuple(int(round(v * scale)) for v in face.box) for face in found]

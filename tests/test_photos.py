@@ -157,3 +157,12 @@ def test_predict_cli_one_row_per_face_and_a_line_for_each_bad_file(tmp_path):
                     'already, pass --no_detect.',
                     f'error: {files[2]} is truncated or damaged (Truncated File Read); pass a PNG, '
                     'JPEG or other image file.']
+
+
+def test_a_small_tight_crop_the_detector_misses_is_taken_whole(predictor):
+  x, y, w, h = ASTRONAUT_FACE
+  tight = np.asarray(Image.fromarray(skimage_data.astronaut()[y + 10:y + h - 5, x + 8:x + w - 8])
+                     .resize((100, 100), Image.Resampling.BILINEAR))
+  found = predictor.predict_faces(tight)
+  assert len(found) == 1 and found[0].emotion == 'happy'
+  assert predictor.predict_faces(np.full((200, 200), 128, np.uint8)) == []  # a photo: no guess
