@@ -65,9 +65,9 @@ def main(argv: list[str]) -> None:
   for name, rgb, count in photos(train_faces):
     cells = []
     for detector in fer_faces.DETECTORS:
-      fer_faces.detect(rgb, detector)  # warm
+      fer_faces.detect_faces(rgb, detector)  # warm
       start = time.perf_counter()
-      found = len(fer_faces.detect(rgb, detector))
+      found = len(fer_faces.detect_faces(rgb, detector))
       totals[detector][2] += time.perf_counter() - start
       hits, false = min(found, count), max(found - count, 0)
       totals[detector][0] += hits

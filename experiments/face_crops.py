@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
       big = np.asarray(Image.fromarray(face).resize((192, 192), Image.Resampling.BILINEAR))
       canvas = np.full((384, 384), 128, np.uint8)
       canvas[96:288, 96:288] = big
-      detections = fer_faces.detect(np.repeat(canvas[..., None], 3, -1), detector)
+      detections = fer_faces.detect_faces(np.repeat(canvas[..., None], 3, -1), detector)
       inside = [d for d in detections if 96 <= d.box[0] + d.box[2] / 2 <= 288
                 and 96 <= d.box[1] + d.box[3] / 2 <= 288]
       if not inside:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from fer_jax import FerJaxError, metrics
+from fer_jax import FerJaxError, faces, metrics
 from fer_jax.data.csv import read_fer2013_csv
 from fer_jax.data import SPLIT_USAGE, describe_splits
 from fer_jax.data.images import read_image_folder
@@ -42,8 +42,8 @@ def load_eval_data(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   if split not in SPLIT_USAGE:
     raise FerJaxError(f'--split={split!r} is unknown; use one of {", ".join(SPLIT_USAGE)}.')
   _check_exists(path)
-  if os.path.isdir(path):
-    return read_image_folder(path, split)
+  if os.path.isdir(path):  # faces found in photos as predict finds them; small images are crops
+    return read_image_folder(path, split, faces.dataset_face)
   by_usage = read_fer2013_csv(path)
   usage = SPLIT_USAGE[split]
   if usage not in by_usage:

@@ -1,4 +1,5 @@
-"""Faces in photos: detectors behind one interface, and crops framed the way FER2013 frames its faces.
+"""Faces in photos: detectors behind one interface, and crops framed the way FER2013 frames its faces,
+for predict, video and image-folder datasets alike.
 
 `blazeface` (the default) is MediaPipe's short-range BlazeFace, shipped in the package
 (fer_jax/weights/blazeface_short_range.tflite, Apache-2.0, from mediapipe 0.10.14) and run by
@@ -23,6 +24,14 @@ BLAZEFACE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weigh
 # (experiments/face_crops.py): the box side as a share of the crop's side, and the box centre's
 # height as a share of it. crop_face frames its crops to match.
 FRAMING = {'blazeface': (0.854, 0.589), 'haar': (0.958, 0.500)}
+
+
+# Images up to this many pixels on their longer side are face crops (FER2013's are 48); larger
+# ones are photos, searched for faces. A searched image up to CROP_FALLBACK_SIDE in which no face
+# is found is taken as a crop too: aligned face datasets (RAF-DB's are 100 px) frame the face so
+# tightly that a detector, which expects some head around it, can miss it.
+CROP_MAX_SIDE = 64
+CROP_FALLBACK_SIDE = 160
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +146,7 @@ def detect_haar(grey: np.ndarray) -> list[Face]:
   return [Face(tuple(int(v) for v in box), 1.0, detector='haar') for box in found]
 
 
-def detect(rgb: np.ndarray, detector: str = 'blazeface') -> list[Face]:
+def detect_faces(rgb: np.ndarray, detector: str = 'blazeface') -> list[Face]:
   """Faces in an RGB uint8 image, largest first."""
   if detector not in DETECTORS:
     raise FerJaxError(f'--detector={detector!r} is unknown; use one of {", ".join(DETECTORS)}.')
@@ -171,3 +180,30 @@ def crop_face(grey: np.ndarray, face: Face, align: bool = True) -> np.ndarray:
   matrix[:, 2] += (24 - centre_x, 24 - centre_y)
   return cv2.warpAffine(grey, matrix, (48, 48), flags=cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_REPLICATE)
+
+
+def face_crops(rgb: np.ndarray, grey: np.ndarray, scale: float = 1.0, detect: bool | None = None,
+               detector: str = 'blazeface', align: bool = True) -> tuple[np.ndarray, list]:
+  """(48x48 crops (N, 48, 48), boxes in original pixels, None for a whole-image crop) of an
+  image loaded by fer_jax.data.images.load_image. detect=None: images up to CROP_MAX_SIDE are
+  crops, larger ones are searched, and those up to CROP_FALLBACK_SIDE with no face found are
+  crops too; True: always searched (no fallback); False: always a crop."""
+  from fer_jax.data.images import to_face48
+  side = max(grey.shape) * scale
+  if detect is False or (detect is None and side <= CROP_MAX_SIDE):
+    return to_face48(grey)[None], [None]
+  found = detect_faces(rgb, detector)
+  if not found and detect is None and side <= CROP_FALLBACK_SIDE:
+    return to_face48(grey)[None], [None]
+  crops = (np.stack([crop_face(grey, face, align) for face in found]) if found
+           else np.zeros((0, 48, 48), np.uint8))
+  return crops, [tuple(int(round(v * scale)) for v in face.box) for face in found]
+
+
+def dataset_face(path: str) -> np.ndarray:
+  """The 48x48 face of a labelled dataset image: its largest face by the rule of face_crops, or
+  the whole image when no face is found (every labelled image is scored)."""
+  from fer_jax.data.images import load_image, to_face48
+  rgb, grey, scale = load_image(path)
+  crops, _ = face_crops(rgb, grey, scale)
+  return crops[0] if len(crops) else to_face48(grey)

@@ -1,7 +1,7 @@
 """`Predictor`: a trained model loaded once, its forward pass compiled once, for faces in any images.
 
-A photo's faces are found and framed as FER2013 frames its faces (fer_jax.faces); an image up to
-CROP_MAX_SIDE pixels on its longer side is taken as a face crop already. Test-time augmentation
+A photo's faces are found and framed as FER2013 frames its faces (fer_jax.faces.face_crops); a
+small image is taken as a face crop already. Test-time augmentation
 averages the probabilities of several views of each face; a temperature fitted on held-out faces
 (fer_jax.evaluation.fit_temperature) makes the confidences calibrated. Batches are padded to one
 of a few fixed sizes, so a stream of any batch sizes compiles a handful of times at most.
@@ -16,15 +16,7 @@ import numpy as np
 
 from fer_jax import EMOTIONS, FerJaxError, augment, faces, models
 from fer_jax.checkpoint import BEST, load_for_inference, read_temperature
-from fer_jax.data.images import load_image, to_face48
-
-# Images up to this many pixels on their longer side are face crops (FER2013's are 48); larger
-# ones are photos, searched for faces. A searched image up to CROP_FALLBACK_SIDE in which no face
-# is found is taken as a crop too: aligned face datasets (RAF-DB's are 100 px) frame the face so
-# tightly that a detector, which expects some head around it, can miss it.
-CROP_MAX_SIDE = 64
-CROP_FALLBACK_SIDE = 160
-
+from fer_jax.data.images import load_image
 
 def ten_crops(faces: np.ndarray, crop: int = 44) -> list[np.ndarray]:
   """Four corners and the centre, each resized back to 48x48, and their mirror images."""
@@ -163,19 +155,9 @@ class Predictor:
                       {name: float(p) for name, p in zip(self.labels, probabilities)})
 
   def find_faces(self, image: Any, detect: bool | None = None) -> tuple[np.ndarray, list]:
-    """(48x48 crops (N, 48, 48), their boxes in the image's pixels, None for a whole-image crop).
-    detect=None: photos (longer side > CROP_MAX_SIDE) are searched, smaller images are crops, and
-    so are searched images up to CROP_FALLBACK_SIDE where no face is found."""
-    rgb, grey, scale = load_image(image)
-    side = max(grey.shape) * scale
-    if detect is False or (detect is None and side <= CROP_MAX_SIDE):
-      return to_face48(grey)[None], [None]
-    found = faces.detect(rgb, self.detector)
-    if not found and detect is None and side <= CROP_FALLBACK_SIDE:
-      return to_face48(grey)[None], [None]
-    crops = np.stack([faces.crop_face(grey, face, self.align) for face in found]) if found else (
-        np.zeros((0, 48, 48), np.uint8))
-    return crops, [tuple(int(round(v * scale)) for v in face.box) for face in found]
+    """(48x48 crops (N, 48, 48), their boxes in the image's pixels, None for a whole-image crop),
+    by the rule of fer_jax.faces.face_crops (detect=None: photos searched, small images crops)."""
+    return faces.face_crops(*load_image(image), detect, self.detector, self.align)
 
   def predict_faces(self, image: Any, detect: bool | None = None) -> list[Prediction]:
     """Every face in the image, largest first; [] when a photo has none."""

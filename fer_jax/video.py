@@ -146,7 +146,7 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
     for index, seconds, rgb in frames(capture, every):
       sampled += 1
       grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-      found = fer_faces.detect(rgb, predictor.detector)
+      found = fer_faces.detect_faces(rgb, predictor.detector)
       crops = [fer_faces.crop_face(grey, face, predictor.align) for face in found]
       pending.append((index, seconds, rgb, crops, [f.box for f in found]))
       if len(pending) >= chunk or annotate:

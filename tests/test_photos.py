@@ -65,14 +65,14 @@ def test_eyes_are_levelled_on_a_turned_face(predictor):
   upright = skimage_data.astronaut()
   turned = np.asarray(Image.fromarray(upright).rotate(30, Image.Resampling.BILINEAR,
                                                       fillcolor=(128, 128, 128)))
-  (face,) = faces.detect(turned)
+  (face,) = faces.detect_faces(turned)
   (right_eye_x, right_eye_y), (left_eye_x, left_eye_y) = face.eyes
   tilt = np.degrees(np.arctan2(left_eye_y - right_eye_y, left_eye_x - right_eye_x))
   assert -40 < tilt < -20  # turned 30 degrees counter-clockwise: the eye line slopes up
   grey = np.asarray(Image.fromarray(turned).convert('L'))
   levelled, kept = faces.crop_face(grey, face, align=True), faces.crop_face(grey, face, align=False)
   reference = faces.crop_face(np.asarray(Image.fromarray(upright).convert('L')),
-                              faces.detect(upright)[0], align=True)
+                              faces.detect_faces(upright)[0], align=True)
   error = lambda crop: np.abs(crop.astype(float) - reference).mean()
   assert error(levelled) < 0.6 * error(kept)
 
@@ -166,3 +166,15 @@ def test_a_small_tight_crop_the_detector_misses_is_taken_whole(predictor):
   found = predictor.predict_faces(tight)
   assert len(found) == 1 and found[0].emotion == 'happy'
   assert predictor.predict_faces(np.full((200, 200), 128, np.uint8)) == []  # a photo: no guess
+
+
+def test_an_image_folder_of_photos_is_scored_on_the_faces_in_them(tmp_path, predictor):
+  (tmp_path / 'test' / 'happy').mkdir(parents=True)
+  Image.fromarray(skimage_data.astronaut()).save(tmp_path / 'test' / 'happy' / 'astronaut.png')
+  Image.fromarray(skimage_data.coffee()).save(tmp_path / 'test' / 'happy' / 'cup.png')
+  faces_found, labels = evaluation.load_eval_data(str(tmp_path), 'test')
+  assert faces_found.shape == (2, 48, 48, 1) and labels.tolist() == [3, 3]
+  crops, boxes = predictor.find_faces(skimage_data.astronaut())
+  np.testing.assert_array_equal(faces_found[0, ..., 0], crops[0])
+  # No face in the cup photo: a labelled image is still scored, as a whole.
+  np.testing.assert_array_equal(faces_found[1, ..., 0], fer_images.load_face(skimage_data.coffee()))

@@ -175,7 +175,7 @@ def test_predict_cli_reports_each_bad_file_and_classifies_the_rest(tmp_path, tra
 
 
 def test_a_photo_without_a_face_is_an_error_not_a_guess(tmp_path, predictor):
-  Image.fromarray(np.full((120, 120), 128, np.uint8)).save(tmp_path / 'wall.png')
+  Image.fromarray(np.full((240, 240), 128, np.uint8)).save(tmp_path / 'wall.png')  # > 160 px: a photo
   assert predictor.predict_faces(tmp_path / 'wall.png') == []
   with pytest.raises(FerJaxError, match=r'no face found in .*wall.png \(blazeface\); if it is a face '
                                         r'crop already, pass detect=False \(--no_detect\)'):

@@ -1,6 +1,6 @@
 """Any image file -> one 48x48 grey face, and image-folder datasets (`<split>/<class>/*.png`)."""
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -98,8 +98,10 @@ def load_face(source: Any) -> np.ndarray:
   return to_face48(load_grey(source)[0])
 
 
-def read_image_folder(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """`<root>/<split>/<class name>/*.png|jpg` -> (uint8 (N, 48, 48, 1), int32 labels)."""
+def read_image_folder(root: str, split: str,
+                      load: Callable[[str], np.ndarray] = load_face) -> tuple[np.ndarray, np.ndarray]:
+  """`<root>/<split>/<class name>/*.png|jpg` -> (uint8 (N, 48, 48, 1), int32 labels); `load` turns
+  a file into a 48x48 face (default: the whole image; fer_jax.faces.dataset_face finds the face)."""
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
     present = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) \
@@ -116,7 +118,7 @@ def read_image_folder(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
                         f'folders {", ".join(EMOTIONS)}.')
     for name in sorted(os.listdir(class_dir)):
       if name.lower().endswith(IMAGE_EXTENSIONS):
-        images.append(load_face(os.path.join(class_dir, name)))
+        images.append(load(os.path.join(class_dir, name)))
         labels.append(EMOTIONS.index(class_name))
   if not images:
     raise FerJaxError(f'{split_dir} holds no images under its class folders; add .png or .jpg faces.')
