@@ -25,11 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.stride_in_1x1 = False    # True for Keras ResNet-50 weights (v1 strides)
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = 'fer2013'      # or 'arrays' (no TFDS), 'generated' (cartoon faces)
+  config.data.source = 'fer2013'      # or 'images' (a folder tree), 'arrays' (no TFDS), 'generated'
+  config.data.images_path = ''        # source='images': <images_path>/<split>/<class>/*.png|jpg
   config.data.csv_path = ''           # '' -> $FER2013_PATH -> <tfds_dir>/downloads/manual/
   config.data.tfds_dir = ''           # '' -> $TFDS_DATA_DIR -> ~/tensorflow_datasets
   config.data.arrays_path = ''        # source='arrays': fer2013_arrays.npz[.xz] ('' -> $FER2013_ARRAYS)
-  config.data.train_split = 'train'   # Training rows
+  config.data.train_split = 'train'   # Training rows (an image folder: its train/ folder)
   config.data.eval_split = 'validation'  # PublicTest rows
   config.data.max_train_examples = 0  # 0 = all
   config.data.max_eval_examples = 0
@@ -64,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.strength_end = 1.0
   config.augment.ramp_epochs = 0
 
+  config.init_from = ''                 # 'pretrained' (the shipped weights) or a workdir: fine-tune
   config.batch_size = 32
   config.steps_per_call = 1          # train steps per compiled call (lax.scan); more on accelerators
   config.eval_batch_size = 256

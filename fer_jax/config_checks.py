@@ -57,6 +57,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config[field.split('.')[0]] if '.' not in field else config.data[field.split('.')[1]]
     if not value >= 0:  # also catches NaN
       raise FerJaxError(f'config.{field}={value} is negative; use 0 or more ({fix}).')
+  if config.init_from and config.init_from != 'pretrained' and not os.path.isdir(config.init_from):
+    raise FerJaxError(f'config.init_from={config.init_from!r} is neither "pretrained" nor a '
+                      'workdir; pass "pretrained" or the folder of a finished training run.')
   if not 0.0 <= config.momentum < 1.0:
     raise FerJaxError(f'config.momentum={config.momentum} is out of range; set it in [0, 1), e.g. 0.9.')
   if config.lr_schedule == 'step' and not 0.0 < config.lr_decay_factor <= 1.0:

@@ -54,9 +54,9 @@ def main(argv: list[str]) -> None:
   logging.info('scoring %s of %s with %s; reports go to %s', split, FLAGS.data,
                'the shipped weights' if FLAGS.pretrained else f'{FLAGS.workdir} ({FLAGS.checkpoint})',
                os.path.abspath(out_dir))
-  faces, labels = evaluation.load_eval_data(FLAGS.data, split)
   predictor = (Predictor.pretrained() if FLAGS.pretrained else
                Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint))
+  faces, labels = evaluation.load_eval_data(FLAGS.data, split, predictor.labels)
   if FLAGS.recalibrate_bn:
     train_faces, _ = evaluation.load_eval_data(FLAGS.recalibration_data or FLAGS.data, 'train')
     predictor.recalibrate_batch_stats(train_faces[:FLAGS.recalibrate_bn])

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from fer_jax import FerJaxError, faces, metrics
+from fer_jax import EMOTIONS, FerJaxError, faces, metrics
 from fer_jax.data.csv import read_fer2013_csv
 from fer_jax.data import SPLIT_USAGE, describe_splits
 from fer_jax.data.images import read_image_folder
@@ -37,19 +37,29 @@ def default_split(path: str) -> str:
                     'Usage values Training / PublicTest / PrivateTest, a folder <split>/<class>/.')
 
 
-def load_eval_data(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """A split of a FER2013 CSV (plain or gz; any subset of usages) or of an image-folder tree."""
+def load_eval_data(path: str, split: str,
+                   class_names: list[str] | tuple[str, ...] = EMOTIONS) -> tuple[np.ndarray, np.ndarray]:
+  """A split of a FER2013 CSV (plain or gz; any subset of usages) or of an image-folder tree, with
+  labels as indices into `class_names` (a model's labels): folders are matched by name."""
   if split not in SPLIT_USAGE:
     raise FerJaxError(f'--split={split!r} is unknown; use one of {", ".join(SPLIT_USAGE)}.')
   _check_exists(path)
   if os.path.isdir(path):  # faces found in photos as predict finds them; small images are crops
-    return read_image_folder(path, split, faces.dataset_face)
-  by_usage = read_fer2013_csv(path)
-  usage = SPLIT_USAGE[split]
-  if usage not in by_usage:
-    raise FerJaxError(f'{path} has no {usage} rows, so there is no {split!r} split; it holds '
-                      f'{describe_splits(by_usage)}; pick one of those with --split.')
-  return by_usage[usage]
+    faces_found, labels, classes = read_image_folder(path, split, faces.dataset_face)
+  else:
+    by_usage = read_fer2013_csv(path)
+    usage = SPLIT_USAGE[split]
+    if usage not in by_usage:
+      raise FerJaxError(f'{path} has no {usage} rows, so there is no {split!r} split; it holds '
+                        f'{describe_splits(by_usage)}; pick one of those with --split.')
+    (faces_found, labels), classes = by_usage[usage], list(EMOTIONS)
+  unknown = [c for c in classes if c not in class_names]
+  if unknown:
+    raise FerJaxError(f'{path} ({split}) has class {unknown[0]!r}, which the model does not know (its '
+                      f'classes: {", ".join(class_names)}); score a model trained on these classes, '
+                      'or move that folder out.')
+  return faces_found, np.asarray([list(class_names).index(c) for c in classes],
+                                 np.int32)[labels] if len(labels) else labels
 
 
 def classification_report(labels: np.ndarray, predicted: np.ndarray,
@@ -68,7 +78,11 @@ def classification_report(labels: np.ndarray, predicted: np.ndarray,
                        'support': int(matrix[i].sum())}
   return {'accuracy': float(np.trace(matrix) / max(matrix.sum(), 1)), 'count': int(matrix.sum()),
           'correct': int(np.trace(matrix)),
-          'macro_f1': float(np.mean([c['f1'] for c in per_class.values()])),
+          # over the classes the data holds or the model predicted (a 3-class set scored by a
+          # 7-class model is not averaged with 4 empty classes)
+          'macro_f1': float(np.mean([c['f1'] for i, c in enumerate(per_class.values())
+                                     if matrix[i].sum() or matrix[:, i].sum()])),
+          'mean_recall': float(np.mean([c['recall'] for c in per_class.values() if c['support']])),
           'per_class': per_class, 'confusion_matrix': matrix.tolist()}
 
 

@@ -1,4 +1,5 @@
-"""Per-epoch metrics: a JSON-lines file in the workdir, a log line, and a progress bar."""
+"""Per-epoch metrics: a JSON-lines file in the workdir, TensorBoard event files beside it (written
+with tensorboardX, no TensorFlow), a log line, and a progress bar."""
 import json
 import os
 import sys
@@ -62,3 +63,36 @@ class ProgressBar:
     if self.interactive:
       self.stream.write('\n')
       self.stream.flush()
+
+
+class TensorBoard:
+  """Event files in <workdir>/tensorboard: `tensorboard --logdir <workdir>` shows them."""
+
+  def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter
+    self.writer = SummaryWriter(logdir=os.path.join(workdir, 'tensorboard'), flush_secs=30)
+
+  def epoch(self, record: dict[str, Any]) -> None:
+    """Every number of an epoch's metrics.jsonl record, at the record's train step."""
+    for name, value in record.items():
+      if name not in ('epoch', 'step') and isinstance(value, (int, float)):
+        group = ('train' if name.startswith('train_') else 'eval' if name.startswith('eval_')
+                 else 'learning_rate' if name.endswith('_lr') or name == 'lr_scale' else 'time')
+        self.writer.add_scalar(f'{group}/{name}', value, record['step'])
+    self.writer.flush()
+
+  def train_loss(self, step: int, loss: float) -> None:
+    self.writer.add_scalar('train/loss_running', loss, step)
+
+  def faces(self, tag: str, faces: Any, step: int) -> None:
+    """A grid of faces in [-1, 1] (N, 48, 48, 1), as one image."""
+    import numpy as np
+    faces = np.clip((np.asarray(faces, np.float32)[..., 0] + 1) / 2, 0, 1)
+    rows = int(np.ceil(len(faces) / 8))
+    grid = np.ones((rows * 50, 8 * 50), np.float32)
+    for i, face in enumerate(faces):
+      grid[(i // 8) * 50:(i // 8) * 50 + 48, (i % 8) * 50:(i % 8) * 50 + 48] = face
+    self.writer.add_image(tag, grid[None], step)
+
+  def close(self) -> None:
+    self.writer.close()

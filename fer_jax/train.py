@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fer_jax import (LABEL_MAP, FerJaxError, augment, batchnorm, config_checks, data, metrics,
+from fer_jax import (FerJaxError, augment, batchnorm, config_checks, data, finetune, metrics,
                      models, optim, parallel, plots, regularize)
 from fer_jax import checkpoint
 from fer_jax.checkpoint import LATEST, Checkpoints
@@ -196,11 +196,12 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
   return tree
 
 
-def checkpoint_meta(config: ml_collections.ConfigDict, run: RunState) -> dict[str, Any]:
+def checkpoint_meta(config: ml_collections.ConfigDict, run: RunState,
+                    classes: tuple[str, ...]) -> dict[str, Any]:
   """What a checkpoint needs to be resumed or served on its own (the reference's model_info)."""
   return {'run': run.to_json(), 'model_config': config.model.to_dict(),
           'train_config': json.loads(config.to_json()),
-          'label_map': {str(k): v for k, v in LABEL_MAP.items()}}
+          'label_map': {str(i): name for i, name in enumerate(classes)}}
 
 
 def saves_latest(epoch: int, config: ml_collections.ConfigDict, run: RunState) -> bool:
@@ -250,12 +251,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def _resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, workdir: str,
-            state: TrainState) -> tuple[TrainState, RunState]:
+            state: TrainState, classes: tuple[str, ...]) -> tuple[TrainState, RunState]:
   """The latest checkpoint's state and run state, after checking the config builds the same state;
   also makes sure the best checkpoint is the run's best epoch (Checkpoints.check_best)."""
   if checkpoints.latest_step() is None:
     return state, RunState()
-  config_checks.check_resumable(checkpoints.restore_meta(LATEST)['train_config'], config, workdir)
+  saved = checkpoints.restore_meta(LATEST)
+  config_checks.check_resumable(saved['train_config'], config, workdir)
+  saved_classes = tuple(saved['label_map'][str(i)] for i in range(len(saved['label_map'])))
+  if saved_classes != tuple(classes):
+    raise FerJaxError(f'{workdir} holds a run on classes {", ".join(saved_classes)}, but the data '
+                      f'has {", ".join(classes)}; resume with the same data, or pass a new --workdir.')
   try:
     tree, meta = checkpoints.restore(LATEST, _state_tree(state))
   except Exception as e:
@@ -277,6 +283,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
   train_split = data.load_split(config.data, config.data.train_split, config.data.max_train_examples)
   eval_split = data.load_split(config.data, config.data.eval_split, config.data.max_eval_examples)
+  classes = train_split.classes  # the class list comes from the data
+  if eval_split.classes != classes:
+    raise FerJaxError(f'the {train_split.name} split has classes {", ".join(classes)} but the '
+                      f'{eval_split.name} split has {", ".join(eval_split.classes)}; give both the '
+                      'same class folders.')
+  if config.model.num_classes != len(classes):
+    logging.info('config.model.num_classes=%d follows the data: %d classes (%s)',
+                 config.model.num_classes, len(classes), ', '.join(classes))
+    config = config.copy_and_resolve_references()
+    config.model.num_classes = len(classes)
   steps_per_epoch = len(train_split) // config.batch_size
   if steps_per_epoch == 0:
     raise FerJaxError(f'config.batch_size={config.batch_size} is larger than the {len(train_split)} '
@@ -290,7 +306,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                              optim.create_optimizer(config, lr_fns), config.model,
                              ema=config.ema_decay > 0)
   checkpoints = Checkpoints(workdir)
-  state, run = _resume(checkpoints, config, workdir, state)
+  state, run = _resume(checkpoints, config, workdir, state, classes)
+  if run.epoch == 0 and config.init_from:
+    params, batch_stats = finetune.initialise(state.params, state.batch_stats, config.init_from,
+                                              config.model.name, list(classes))
+    state = state.replace(params=params, batch_stats=batch_stats,
+                          ema_params=None if state.ema_params is None else
+                          jax.tree_util.tree_map(np.copy, params))
   model_summary = models.summary(model, {'params': state.params, 'batch_stats': state.batch_stats})
   logging.info('\n%s', model_summary)
   with open(os.path.join(workdir, 'model_summary.txt'), 'w') as f:
@@ -319,6 +341,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       out_shardings=parallel.replicated(mesh))
   recalibration_images = split_arrays['image'][:recalibration_faces]
 
+  board = metrics.TensorBoard(workdir)
+  if run.epoch == 0:  # what the augmentation does to the first training faces, once
+    board.faces('augmented_faces', augment.make_train_augment(config.augment, steps_per_epoch)(
+        jnp.asarray(train_split.images[:32]), jax.random.PRNGKey(config.seed), 0), 0)
   for epoch in range(run.epoch + 1, config.num_epochs + 1):
     if run.should_stop(config.early_stopping_patience):
       logging.info('early stopping: no improvement for %d epochs (best %.4f at epoch %d)',
@@ -334,7 +360,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       sums = call_sums if sums is None else jax.tree_util.tree_map(jnp.add, sums, call_sums)
       if stop >= next_log or stop == steps_per_epoch:
         next_log = stop + config.log_every_steps
-        bar.update(stop, f'loss {float(sums["loss_sum"]) / float(sums["count"]):.4f}')
+        running_loss = float(sums['loss_sum']) / float(sums['count'])
+        bar.update(stop, f'loss {running_loss:.4f}')
+        board.train_loss(int(state.step), running_loss)
     bar.close()
     train_loss, train_accuracy = summarize(sums)
     first_loss = run.history[0]['train_loss'] if run.history else None
@@ -369,15 +397,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       record['lr_scale'] = lr_scale
     run.history.append(record)
     improved = run.best.update(epoch, eval_accuracy)
-    meta = checkpoint_meta(config, run)
+    meta = checkpoint_meta(config, run, classes)
     save_latest = saves_latest(epoch, config, run)
     if save_latest or improved:
       checkpoints.save_epoch(step_now, jax.device_get(_state_tree(state)), meta, best=improved,
                              latest=save_latest)
     metrics.write_history(workdir, run.history)
+    board.epoch(record)
     logging.info(metrics.format_epoch(record))
   checkpoints.check_best(run.best_step)
   checkpoints.close()
+  board.close()
   if run.history:
     plots.learning_curves(run.history, os.path.join(workdir, 'learning_curves.png'))
   log_outputs(workdir, run)

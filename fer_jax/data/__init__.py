@@ -10,7 +10,7 @@ import os
 import ml_collections
 import numpy as np
 
-from fer_jax import FerJaxError
+from fer_jax import EMOTIONS, FerJaxError
 
 MANUAL_NAMES = ('fer2013.csv', 'fer2013.csv.gz')
 # The one table of split names: split -> FER2013's Usage value; its order is the arrays file's
@@ -28,7 +28,8 @@ def describe_splits(usages: set[str] | dict) -> str:
 class Split:
   name: str
   images: np.ndarray  # uint8 (N, 48, 48, 1)
-  labels: np.ndarray  # int32 (N,)
+  labels: np.ndarray  # int32 (N,), indices into classes
+  classes: tuple[str, ...] = EMOTIONS
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -86,7 +87,8 @@ def generated_faces(num: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _subset(split: Split, max_examples: int) -> Split:
   if max_examples and max_examples < len(split):
-    return Split(split.name, split.images[:max_examples], split.labels[:max_examples])
+    return dataclasses.replace(split, images=split.images[:max_examples],
+                               labels=split.labels[:max_examples])
   return split
 
 
@@ -104,9 +106,17 @@ def load_split(data_config: ml_collections.ConfigDict, split: str, max_examples:
     images, labels = load_arrays(data_config.arrays_path
                                  or os.environ.get('FER2013_ARRAYS', ''), split)
     return _subset(Split(split, images, labels), max_examples)
+  if data_config.source == 'images':
+    if not data_config.images_path or not os.path.isdir(data_config.images_path):
+      raise FerJaxError(f'config.data.images_path={data_config.images_path!r} is not a folder; '
+                        'point it at an image-folder tree <split>/<class>/*.png|jpg.')
+    from fer_jax import faces  # OpenCV stays off the import path of the other sources
+    from fer_jax.data.images import read_image_folder
+    images, labels, classes = read_image_folder(data_config.images_path, split, faces.dataset_face)
+    return _subset(Split(split, images, labels, tuple(classes)), max_examples)
   if data_config.source != 'fer2013':
     raise FerJaxError(f'config.data.source={data_config.source!r} is unknown; use "fer2013", '
-                      '"arrays" or "generated".')
+                      '"images", "arrays" or "generated".')
   from fer_jax.data import fer2013  # TFDS stays off the import path of generated-data runs.
   builder = fer2013.prepare(find_csv(data_config), tfds_dir(data_config))
   images, labels = fer2013.load_split(builder, split)

@@ -98,28 +98,40 @@ def load_face(source: Any) -> np.ndarray:
   return to_face48(load_grey(source)[0])
 
 
-def read_image_folder(root: str, split: str,
-                      load: Callable[[str], np.ndarray] = load_face) -> tuple[np.ndarray, np.ndarray]:
-  """`<root>/<split>/<class name>/*.png|jpg` -> (uint8 (N, 48, 48, 1), int32 labels); `load` turns
-  a file into a 48x48 face (default: the whole image; fer_jax.faces.dataset_face finds the face)."""
+def folder_classes(split_dir: str) -> list[str]:
+  """The class folders of `<root>/<split>`: FER2013's names in FER2013's order when they are all
+  FER2013 classes (so labels line up with FER2013 models), otherwise sorted by name."""
+  names = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))
+                 and not d.startswith('.'))
+  if not names:
+    raise FerJaxError(f'{split_dir} has no class folders; put each class\'s images in '
+                      f'{split_dir}/<class name>/.')
+  return [e for e in EMOTIONS if e in names] if set(names) <= set(EMOTIONS) else names
+
+
+def read_image_folder(root: str, split: str, load: Callable[[str], np.ndarray] = load_face
+                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """`<root>/<split>/<class name>/*.png|jpg` -> (uint8 (N, 48, 48, 1), int32 labels, class names);
+  `load` turns a file into a 48x48 face (default: the whole image; fer_jax.faces.dataset_face
+  finds the face). Hidden files are skipped; any other non-image file is an error."""
   split_dir = os.path.join(root, split)
   if not os.path.isdir(split_dir):
     present = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) \
         if os.path.isdir(root) else []
     raise FerJaxError(f'{split_dir} does not exist; the image folder needs <split>/<class>/ '
                       f'sub-folders (found splits: {present or "none"}).')
+  classes = folder_classes(split_dir)
   images, labels = [], []
-  for class_name in sorted(os.listdir(split_dir)):
+  for label, class_name in enumerate(classes):
     class_dir = os.path.join(split_dir, class_name)
-    if not os.path.isdir(class_dir):
-      continue
-    if class_name not in EMOTIONS:
-      raise FerJaxError(f'{class_dir}: folder name {class_name!r} is not a class; name class '
-                        f'folders {", ".join(EMOTIONS)}.')
-    for name in sorted(os.listdir(class_dir)):
-      if name.lower().endswith(IMAGE_EXTENSIONS):
-        images.append(load(os.path.join(class_dir, name)))
-        labels.append(EMOTIONS.index(class_name))
-  if not images:
-    raise FerJaxError(f'{split_dir} holds no images under its class folders; add .png or .jpg faces.')
-  return np.stack(images)[..., None], np.array(labels, dtype=np.int32)
+    names = sorted(n for n in os.listdir(class_dir) if not n.startswith('.'))
+    for name in names:
+      path = os.path.join(class_dir, name)
+      if not name.lower().endswith(IMAGE_EXTENSIONS):
+        raise FerJaxError(f'{path} is not an image ({os.path.splitext(name)[1] or "no extension"}); '
+                          f'move it out of the dataset (images: {", ".join(IMAGE_EXTENSIONS)}).')
+      images.append(load(path))
+      labels.append(label)
+    if not names:
+      raise FerJaxError(f'{class_dir} is empty; add images of {class_name!r} or remove the folder.')
+  return np.stack(images)[..., None], np.array(labels, dtype=np.int32), classes
