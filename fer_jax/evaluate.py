@@ -23,7 +23,8 @@ def define_flags() -> None:
   flags.DEFINE_bool('pretrained', False, 'Score the weights that ship with fer_jax; reports go to '
                     '--workdir when given, else ./pretrained_eval.')
   flags.DEFINE_string('checkpoint', 'best', '"best", "latest" or a step number.')
-  flags.DEFINE_string('data', None, 'FER2013 CSV (.csv / .csv.gz) or image-folder root.')
+  flags.DEFINE_string('data', None, 'FER2013 CSV (.csv / .csv.gz), arrays file (.npz / .npz.xz) '
+                      'or image-folder root.')
   flags.DEFINE_enum('split', None, ['train', 'validation', 'test'],
                     'train (Training), validation (PublicTest) or test (PrivateTest). Default: test '
                     'when the data holds it, else validation.')

@@ -24,6 +24,17 @@ def available_splits(path: str) -> list[str]:
   _check_exists(path)
   if os.path.isdir(path):
     return [s for s in SPLIT_USAGE if os.path.isdir(os.path.join(path, s))]
+  if path.endswith(('.npz', '.npz.xz')):
+    from fer_jax.data import load_arrays
+    present = []
+    for split in SPLIT_USAGE:
+      try:
+        load_arrays(path, split)
+        present.append(split)
+      except FerJaxError as e:
+        if 'has no' not in str(e):
+          raise
+    return present
   return [s for s, usage in SPLIT_USAGE.items() if usage in read_fer2013_csv(path)]
 
 
@@ -39,13 +50,17 @@ def default_split(path: str) -> str:
 
 def load_eval_data(path: str, split: str,
                    class_names: list[str] | tuple[str, ...] = EMOTIONS) -> tuple[np.ndarray, np.ndarray]:
-  """A split of a FER2013 CSV (plain or gz; any subset of usages) or of an image-folder tree, with
-  labels as indices into `class_names` (a model's labels): folders are matched by name."""
+  """A split of a FER2013 CSV (plain or gz; any subset of usages), of the arrays file (.npz[.xz])
+  or of an image-folder tree, with labels as indices into `class_names` (a model's labels):
+  folders are matched by name."""
   if split not in SPLIT_USAGE:
     raise FerJaxError(f'--split={split!r} is unknown; use one of {", ".join(SPLIT_USAGE)}.')
   _check_exists(path)
   if os.path.isdir(path):  # faces found in photos as predict finds them; small images are crops
     faces_found, labels, classes = read_image_folder(path, split, faces.dataset_face)
+  elif path.endswith(('.npz', '.npz.xz')):  # FER2013 as arrays (x, y, usage): no CSV parsing
+    from fer_jax.data import load_arrays
+    (faces_found, labels), classes = load_arrays(path, split), list(EMOTIONS)
   else:
     by_usage = read_fer2013_csv(path)
     usage = SPLIT_USAGE[split]

@@ -114,3 +114,15 @@ def test_tensorboard_files_hold_every_epoch_metric_and_the_augmented_faces(tmp_p
   assert [s for s, _ in values['train/loss_running']] == [1, 2, 3, 4]
   assert {'train/train_loss', 'learning_rate/head_lr', 'learning_rate/backbone_lr'} <= set(values)
   assert images == ['augmented_faces']
+
+
+def test_the_arrays_file_is_scored_like_the_csv(tmp_path):
+  from fer_jax import evaluation
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (12, 48, 48), dtype=np.uint8)
+  y, usage = rng.integers(0, 7, 12), np.array([0] * 8 + [1] * 4)
+  np.savez(tmp_path / 'fer.npz', x=x, y=y, usage=usage)
+  assert evaluation.default_split(str(tmp_path / 'fer.npz')) == 'validation'  # no PrivateTest
+  faces, labels = evaluation.load_eval_data(str(tmp_path / 'fer.npz'), 'validation')
+  np.testing.assert_array_equal(faces[..., 0], x[8:])
+  np.testing.assert_array_equal(labels, y[8:])
