@@ -2,6 +2,7 @@
 
     python -m fer_jax.evaluate --pretrained --data fer2013.csv.gz --split validation
     python -m fer_jax.evaluate --workdir runs/quick --data faces/ --tta=none,flip,ten_crop
+    python -m fer_jax.evaluate --pretrained --data A --data B --data C    # one table of them all
 
 `--data` is a FER2013 CSV (plain or gz, any subset of usages) or an image-folder tree
 `<split>/<class>/*.png|jpg`. Prints accuracy, per-class precision / recall / F1, macro-F1 and the
@@ -23,8 +24,8 @@ def define_flags() -> None:
   flags.DEFINE_bool('pretrained', False, 'Score the weights that ship with fer_jax; reports go to '
                     '--workdir when given, else ./pretrained_eval.')
   flags.DEFINE_string('checkpoint', 'best', '"best", "latest" or a step number.')
-  flags.DEFINE_string('data', None, 'FER2013 CSV (.csv / .csv.gz), arrays file (.npz / .npz.xz) '
-                      'or image-folder root.')
+  flags.DEFINE_multi_string('data', None, 'FER2013 CSV (.csv / .csv.gz), arrays file (.npz / '
+                            '.npz.xz) or image-folder root; several: one table of them all.')
   flags.DEFINE_enum('split', None, ['train', 'validation', 'test'],
                     'train (Training), validation (PublicTest) or test (PrivateTest). Default: test '
                     'when the data holds it, else validation.')
@@ -43,41 +44,79 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if not (FLAGS.workdir or FLAGS.pretrained) or not FLAGS.data:
     raise app.UsageError('--data and one of --workdir or --pretrained are required.')
-  import numpy as np
-  from fer_jax import checkpoint, evaluation, plots
+  from fer_jax import evaluation
   from fer_jax.predictor import Predictor
   evaluation.check_tta(FLAGS.tta)
+  if FLAGS.calibrate and len(FLAGS.data) > 1:
+    raise FerJaxError('--calibrate fits on one dataset; pass a single --data.')
   out_dir = FLAGS.workdir or 'pretrained_eval'
-  split = FLAGS.split or evaluation.default_split(FLAGS.data)
-  if FLAGS.calibrate and split != 'validation':
-    raise FerJaxError(f'--calibrate fits on validation (PublicTest) faces, not {split}; pass '
-                      '--split validation.')
-  logging.info('scoring %s of %s with %s; reports go to %s', split, FLAGS.data,
-               'the shipped weights' if FLAGS.pretrained else f'{FLAGS.workdir} ({FLAGS.checkpoint})',
-               os.path.abspath(out_dir))
   predictor = (Predictor.pretrained() if FLAGS.pretrained else
                Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint))
-  faces, labels = evaluation.load_eval_data(FLAGS.data, split, predictor.labels)
   if FLAGS.recalibrate_bn:
-    train_faces, _ = evaluation.load_eval_data(FLAGS.recalibration_data or FLAGS.data, 'train')
+    train_faces, _ = evaluation.load_eval_data(FLAGS.recalibration_data or FLAGS.data[0], 'train')
     predictor.recalibrate_batch_stats(train_faces[:FLAGS.recalibrate_bn])
+  os.makedirs(out_dir, exist_ok=True)
+  if len(FLAGS.data) == 1:
+    _one_dataset(predictor, FLAGS.data[0], out_dir)
+  else:
+    _table(predictor, FLAGS.data, out_dir)
+
+
+def _scored(predictor, data: str) -> tuple[str, int, dict]:
+  from fer_jax import evaluation
+  split = FLAGS.split or evaluation.default_split(data)
+  logging.info('scoring %s of %s with %s', split, data,
+               'the shipped weights' if FLAGS.pretrained else f'{FLAGS.workdir} ({FLAGS.checkpoint})')
+  faces, labels = evaluation.load_eval_data(data, split, predictor.labels)
+  return split, len(faces), evaluation.evaluate(predictor, faces, labels, FLAGS.tta, progress=True)
+
+
+def _table(predictor, datasets: list[str], out_dir: str) -> None:
+  """One row per dataset: accuracy, macro-F1 and mean class recall for every TTA variant."""
+  rows = []
+  for data in datasets:
+    split, count, reports = _scored(predictor, data)
+    rows.append({'data': data, 'split': split, 'faces': count,
+                 **{f'{metric} ({variant})': reports[variant][metric] for variant in FLAGS.tta
+                    for metric in ('accuracy', 'macro_f1', 'mean_recall')}})
+  columns = [c for c in rows[0] if c not in ('data', 'split', 'faces')]
+  lines = ['| data | split | faces | ' + ' | '.join(columns) + ' |',
+           '|---|---|---:|' + '---:|' * len(columns)]
+  lines += [f'| {r["data"]} | {r["split"]} | {r["faces"]} | '
+            + ' | '.join(f'{r[c]:.4f}' for c in columns) + ' |' for r in rows]
+  table = '\n'.join(lines)
+  print(table)
+  with open(os.path.join(out_dir, 'eval_table.md'), 'w') as f:
+    f.write(table + '\n')
+  with open(os.path.join(out_dir, 'eval_table.json'), 'w') as f:
+    json.dump(rows, f, indent=2)
+  print(f'wrote {os.path.join(out_dir, "eval_table.md")} and eval_table.json')
+
+
+def _one_dataset(predictor, data: str, out_dir: str) -> None:
+  """Every TTA variant's full report, the confusion matrix and the reliability diagram."""
+  import numpy as np
+  from fer_jax import checkpoint, evaluation, plots
+  split = FLAGS.split or evaluation.default_split(data)
   if FLAGS.calibrate:
+    if split != 'validation':
+      raise FerJaxError(f'--calibrate fits on validation (PublicTest) faces, not {split}; pass '
+                        '--split validation.')
+    faces, labels = evaluation.load_eval_data(data, split, predictor.labels)
     predictor.temperature = evaluation.fit_temperature(
         evaluation.view_logits(predictor, faces, FLAGS.tta[0]), labels)
     if not FLAGS.pretrained:
       checkpoint.write_temperature(FLAGS.workdir, FLAGS.checkpoint, predictor.temperature,
-                                   f'{FLAGS.data} {split}, TTA {FLAGS.tta[0]}')
+                                   f'{data} {split}, TTA {FLAGS.tta[0]}')
     logging.info('temperature %.3f fitted on %d %s faces', predictor.temperature, len(faces), split)
-  reports = evaluation.evaluate(predictor, faces, labels, FLAGS.tta, progress=True)
+  split, _, reports = _scored(predictor, data)
   for variant, report in reports.items():
     print(f'== {split}, TTA {variant} ==\n{evaluation.format_report(report, predictor.labels)}\n')
-  os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f'eval_{split}.json')
   with open(path, 'w') as f:
-    json.dump({'data': os.path.abspath(FLAGS.data), 'split': split,
+    json.dump({'data': os.path.abspath(data), 'split': split,
                'checkpoint': 'pretrained' if FLAGS.pretrained else FLAGS.checkpoint,
-               'recalibrate_bn': FLAGS.recalibrate_bn,
-               'reports': reports}, f, indent=2)
+               'recalibrate_bn': FLAGS.recalibrate_bn, 'reports': reports}, f, indent=2)
   first = next(iter(reports))
   png = os.path.join(out_dir, f'confusion_{split}.png')
   plots.confusion_matrix(np.array(reports[first]['confusion_matrix']), predictor.labels, png,

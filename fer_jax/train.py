@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from fer_jax import (FerJaxError, augment, batchnorm, config_checks, data, finetune, metrics,
-                     models, optim, parallel, plots, regularize)
+from fer_jax import (FerJaxError, augment, batchnorm, config_checks, data, evaluation, finetune,
+                     metrics, models, optim, parallel, plots, regularize)
 from fer_jax import checkpoint
 from fer_jax.checkpoint import LATEST, Checkpoints
 from fer_jax.run_state import RunState
@@ -107,14 +107,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], augment_fn: augme
                  'count': jnp.asarray(count, jnp.float32)}
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Summed loss and correct count over the batch's real (mask = 1) examples."""
-  logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                          augment.normalize(batch['image']), train=False)
-  mask = batch['mask']
-  return {'loss_sum': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-          'correct': jnp.sum((jnp.argmax(logits, -1) == batch['label']) * mask),
-          'count': jnp.sum(mask)}
+def eval_logits(state: TrainState, faces: jax.Array) -> jax.Array:
+  return state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                        augment.normalize(faces), train=False)
 
 
 def train_steps(state: TrainState, split_arrays: dict[str, jax.Array], batch_indices: jax.Array,
@@ -162,30 +157,23 @@ def make_train_functions(config: ml_collections.ConfigDict, mesh: jax.sharding.M
   return p_train_steps, p_epoch_batches
 
 
-def padded_batches(split: data.Split, batch_size: int):
-  """Fixed-size evaluation batches; the last is padded and masked, so nothing recompiles."""
-  for start in range(0, len(split), batch_size):
-    index = np.arange(start, start + batch_size)
-    valid = index < len(split)
-    index = np.where(valid, index, 0)
-    yield {'image': split.images[index], 'label': split.labels[index],
-           'mask': valid.astype(np.float32)}
-
-
 def summarize(sums: dict[str, Any]) -> tuple[float, float]:
   sums = jax.device_get(sums)
   count = max(float(sums['count']), 1.0)
   return float(sums['loss_sum']) / count, float(sums['correct']) / count
 
 
-def evaluate(state: TrainState, split: data.Split, batch_size: int,
-             eval_fn: Callable) -> tuple[float, float]:
-  """(mean loss, accuracy) over a whole split."""
-  total = None
-  for batch in padded_batches(split, batch_size):
-    sums = eval_fn(state, batch)
-    total = sums if total is None else jax.tree_util.tree_map(jnp.add, total, sums)
-  return summarize(total)
+def evaluate(state: TrainState, split: data.Split, batch_size: int, logits_fn: Callable) -> dict:
+  """The split's report (fer_jax.evaluation.report_from_logits, as the evaluate command's), from
+  fixed-size batches: the last is padded, so nothing recompiles."""
+  logits = []
+  for start in range(0, len(split), batch_size):
+    chunk = split.images[start:start + batch_size]
+    padded = np.zeros((batch_size, *chunk.shape[1:]), chunk.dtype)
+    padded[:len(chunk)] = chunk
+    logits.append(np.asarray(jax.device_get(logits_fn(state, padded)))[:len(chunk)])
+  return evaluation.report_from_logits(np.concatenate(logits)[None], split.labels,
+                                       list(split.classes))
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -306,109 +294,114 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                              optim.create_optimizer(config, lr_fns), config.model,
                              ema=config.ema_decay > 0)
   checkpoints = Checkpoints(workdir)
-  state, run = _resume(checkpoints, config, workdir, state, classes)
-  if run.epoch == 0 and config.init_from:
-    params, batch_stats = finetune.initialise(state.params, state.batch_stats, config.init_from,
-                                              config.model.name, list(classes))
-    state = state.replace(params=params, batch_stats=batch_stats,
-                          ema_params=None if state.ema_params is None else
-                          jax.tree_util.tree_map(np.copy, params))
-  model_summary = models.summary(model, {'params': state.params, 'batch_stats': state.batch_stats})
-  logging.info('\n%s', model_summary)
-  with open(os.path.join(workdir, 'model_summary.txt'), 'w') as f:
-    f.write(model_summary + '\n')
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  metrics.write_history(workdir, run.history)
-  state = parallel.replicate(state, mesh)
-
-  weights = None
-  if config.class_weighting:
-    weights = regularize.class_weights(train_split.labels, config.model.num_classes,
-                                       config.class_weighting)
-    logging.info('class weights: %s', np.round(weights, 3).tolist())
-  p_train_steps, p_epoch_batches = make_train_functions(config, mesh, steps_per_epoch, weights)
-  split_arrays = parallel.replicate({'image': train_split.images, 'label': train_split.labels}, mesh)
-  p_eval_step = parallel.data_parallel(eval_step, mesh, donate_state=False)
-  # Evaluation statistics re-measured on clean faces after every epoch (fer_jax.batchnorm).
-  recalibration_faces = min(config.bn_recalibration_faces, len(train_split))
-  recalibration_batch = min(config.eval_batch_size, recalibration_faces) or 1
-  # The faces are an argument: captured in the closure they would be a constant, and XLA would
-  # try to fold the convolutions over them at compile time (minutes).
-  recalibrate_fn = jax.jit(
-      lambda params, stats, faces: batchnorm.recalibrate(
-          config.model, {'params': params, 'batch_stats': stats}, faces, recalibration_batch),
-      out_shardings=parallel.replicated(mesh))
-  recalibration_images = split_arrays['image'][:recalibration_faces]
-
-  board = metrics.TensorBoard(workdir)
-  if run.epoch == 0:  # what the augmentation does to the first training faces, once
-    board.faces('augmented_faces', augment.make_train_augment(config.augment, steps_per_epoch)(
-        jnp.asarray(train_split.images[:32]), jax.random.PRNGKey(config.seed), 0), 0)
-  for epoch in range(run.epoch + 1, config.num_epochs + 1):
-    if run.should_stop(config.early_stopping_patience):
-      logging.info('early stopping: no improvement for %d epochs (best %.4f at epoch %d)',
-                   run.best.epochs_since_best, run.best.best_score, run.best.best_epoch)
-      break
-    epoch_start = time.perf_counter()
-    batch_indices = p_epoch_batches(config.seed, epoch, len(train_split), config.batch_size)
-    bar = metrics.ProgressBar(steps_per_epoch, f'epoch {epoch}', config.progress_bar)
-    sums, next_log = None, config.log_every_steps
-    for start in range(0, steps_per_epoch, config.steps_per_call):
-      stop = min(start + config.steps_per_call, steps_per_epoch)
-      state, call_sums = p_train_steps(state, split_arrays, batch_indices[start:stop])
-      sums = call_sums if sums is None else jax.tree_util.tree_map(jnp.add, sums, call_sums)
-      if stop >= next_log or stop == steps_per_epoch:
-        next_log = stop + config.log_every_steps
-        running_loss = float(sums['loss_sum']) / float(sums['count'])
-        bar.update(stop, f'loss {running_loss:.4f}')
-        board.train_loss(int(state.step), running_loss)
-    bar.close()
-    train_loss, train_accuracy = summarize(sums)
-    first_loss = run.history[0]['train_loss'] if run.history else None
-    if not np.isfinite(train_loss) or (first_loss and train_loss > 100 * first_loss):
-      raise FerJaxError(
-          f'training diverged in epoch {epoch}: the train loss is {train_loss:.4g}'
-          + (f', over 100x epoch 1\'s {first_loss:.4g}' if np.isfinite(train_loss) else '')
-          + f'; the checkpoints of epoch {run.epoch} and before are kept. Lower config.head_lr / '
-          'config.backbone_lr or check the data, then resume or start a new --workdir.')
-    train_seconds = time.perf_counter() - epoch_start
-    if recalibration_faces and state.batch_stats:
-      state = state.replace(
-          batch_stats=recalibrate_fn(state.for_evaluation().params, state.batch_stats,
-                                     recalibration_images))
-    eval_loss, eval_accuracy = evaluate(state.for_evaluation(), eval_split, config.eval_batch_size,
-                                        p_eval_step)
-    step_now, lr_scale = int(state.step), run.lr_scale  # the factor this epoch trained with
-    run.epoch = epoch
-    if config.lr_schedule == 'plateau':  # then the next epoch's
-      next_scale = run.update_plateau(eval_accuracy, config.plateau_factor,
-                                      config.plateau_patience, config.plateau_min_scale)
-      state = state.replace(opt_state=parallel.replicate(
-          optim.with_plateau_scale(state.opt_state, next_scale), mesh))
-    record = {'epoch': epoch, 'step': step_now, 'train_loss': train_loss,
-              'train_accuracy': train_accuracy, 'eval_loss': eval_loss,
-              'eval_accuracy': eval_accuracy, 'eval_split': eval_split.name,
-              'backbone_lr': float(lr_fns['backbone'](step_now - 1)) * lr_scale,
-              'head_lr': float(lr_fns['head'](step_now - 1)) * lr_scale,
-              'epoch_seconds': time.perf_counter() - epoch_start,
-              'train_images_per_second': steps_per_epoch * config.batch_size / train_seconds}
-    if config.lr_schedule == 'plateau':
-      record['lr_scale'] = lr_scale
-    run.history.append(record)
-    improved = run.best.update(epoch, eval_accuracy)
-    meta = checkpoint_meta(config, run, classes)
-    save_latest = saves_latest(epoch, config, run)
-    if save_latest or improved:
-      checkpoints.save_epoch(step_now, jax.device_get(_state_tree(state)), meta, best=improved,
-                             latest=save_latest)
+  board = None
+  try:
+    state, run = _resume(checkpoints, config, workdir, state, classes)
+    if run.epoch == 0 and config.init_from:
+      params, batch_stats = finetune.initialise(state.params, state.batch_stats, config.init_from,
+                                                config.model.name, list(classes))
+      state = state.replace(params=params, batch_stats=batch_stats,
+                            ema_params=None if state.ema_params is None else
+                            jax.tree_util.tree_map(np.copy, params))
+    model_summary = models.summary(model, {'params': state.params, 'batch_stats': state.batch_stats})
+    logging.info('\n%s', model_summary)
+    with open(os.path.join(workdir, 'model_summary.txt'), 'w') as f:
+      f.write(model_summary + '\n')
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
     metrics.write_history(workdir, run.history)
-    board.epoch(record)
-    logging.info(metrics.format_epoch(record))
-  checkpoints.check_best(run.best_step)
-  checkpoints.close()
-  board.close()
-  if run.history:
-    plots.learning_curves(run.history, os.path.join(workdir, 'learning_curves.png'))
-  log_outputs(workdir, run)
-  return state
+    state = parallel.replicate(state, mesh)
+
+    weights = None
+    if config.class_weighting:
+      weights = regularize.class_weights(train_split.labels, config.model.num_classes,
+                                         config.class_weighting)
+      logging.info('class weights: %s', np.round(weights, 3).tolist())
+    p_train_steps, p_epoch_batches = make_train_functions(config, mesh, steps_per_epoch, weights)
+    split_arrays = parallel.replicate({'image': train_split.images, 'label': train_split.labels}, mesh)
+    p_eval_logits = parallel.data_parallel(eval_logits, mesh, donate_state=False)
+    # Evaluation statistics re-measured on clean faces after every epoch (fer_jax.batchnorm).
+    recalibration_faces = min(config.bn_recalibration_faces, len(train_split))
+    recalibration_batch = min(config.eval_batch_size, recalibration_faces) or 1
+    # The faces are an argument: captured in the closure they would be a constant, and XLA would
+    # try to fold the convolutions over them at compile time (minutes).
+    recalibrate_fn = jax.jit(
+        lambda params, stats, faces: batchnorm.recalibrate(
+            config.model, {'params': params, 'batch_stats': stats}, faces, recalibration_batch),
+        out_shardings=parallel.replicated(mesh))
+    recalibration_images = split_arrays['image'][:recalibration_faces]
+
+    board = metrics.TensorBoard(workdir)
+    if run.epoch == 0:  # what the augmentation does to the first training faces, once
+      board.faces('augmented_faces', augment.make_train_augment(config.augment, steps_per_epoch)(
+          jnp.asarray(train_split.images[:32]), jax.random.PRNGKey(config.seed), 0), 0)
+    for epoch in range(run.epoch + 1, config.num_epochs + 1):
+      if run.should_stop(config.early_stopping_patience):
+        logging.info('early stopping: no improvement for %d epochs (best %.4f at epoch %d)',
+                     run.best.epochs_since_best, run.best.best_score, run.best.best_epoch)
+        break
+      epoch_start = time.perf_counter()
+      batch_indices = p_epoch_batches(config.seed, epoch, len(train_split), config.batch_size)
+      bar = metrics.ProgressBar(steps_per_epoch, f'epoch {epoch}', config.progress_bar)
+      sums, next_log = None, config.log_every_steps
+      for start in range(0, steps_per_epoch, config.steps_per_call):
+        stop = min(start + config.steps_per_call, steps_per_epoch)
+        state, call_sums = p_train_steps(state, split_arrays, batch_indices[start:stop])
+        sums = call_sums if sums is None else jax.tree_util.tree_map(jnp.add, sums, call_sums)
+        if stop >= next_log or stop == steps_per_epoch:
+          next_log = stop + config.log_every_steps
+          running_loss = float(sums['loss_sum']) / float(sums['count'])
+          bar.update(stop, f'loss {running_loss:.4f}')
+          board.train_loss(int(state.step), running_loss)
+      bar.close()
+      train_loss, train_accuracy = summarize(sums)
+      first_loss = run.history[0]['train_loss'] if run.history else None
+      if not np.isfinite(train_loss) or (first_loss and train_loss > 100 * first_loss):
+        raise FerJaxError(
+            f'training diverged in epoch {epoch}: the train loss is {train_loss:.4g}'
+            + (f', over 100x epoch 1\'s {first_loss:.4g}' if np.isfinite(train_loss) else '')
+            + f'; the checkpoints of epoch {run.epoch} and before are kept. Lower config.head_lr / '
+            'config.backbone_lr or check the data, then resume or start a new --workdir.')
+      train_seconds = time.perf_counter() - epoch_start
+      if recalibration_faces and state.batch_stats:
+        state = state.replace(
+            batch_stats=recalibrate_fn(state.for_evaluation().params, state.batch_stats,
+                                       recalibration_images))
+      report = evaluate(state.for_evaluation(), eval_split, config.eval_batch_size, p_eval_logits)
+      eval_loss, eval_accuracy = report['loss'], report['accuracy']
+      step_now, lr_scale = int(state.step), run.lr_scale  # the factor this epoch trained with
+      run.epoch = epoch
+      if config.lr_schedule == 'plateau':  # then the next epoch's
+        next_scale = run.update_plateau(eval_accuracy, config.plateau_factor,
+                                        config.plateau_patience, config.plateau_min_scale)
+        state = state.replace(opt_state=parallel.replicate(
+            optim.with_plateau_scale(state.opt_state, next_scale), mesh))
+      record = {'epoch': epoch, 'step': step_now, 'train_loss': train_loss,
+                'train_accuracy': train_accuracy, 'eval_loss': eval_loss,
+                'eval_accuracy': eval_accuracy, 'eval_macro_f1': report['macro_f1'],
+                'eval_split': eval_split.name,
+                'backbone_lr': float(lr_fns['backbone'](step_now - 1)) * lr_scale,
+                'head_lr': float(lr_fns['head'](step_now - 1)) * lr_scale,
+                'epoch_seconds': time.perf_counter() - epoch_start,
+                'train_images_per_second': steps_per_epoch * config.batch_size / train_seconds}
+      if config.lr_schedule == 'plateau':
+        record['lr_scale'] = lr_scale
+      run.history.append(record)
+      improved = run.best.update(epoch, eval_accuracy)
+      meta = checkpoint_meta(config, run, classes)
+      save_latest = saves_latest(epoch, config, run)
+      if save_latest or improved:
+        checkpoints.save_epoch(step_now, jax.device_get(_state_tree(state)), meta, best=improved,
+                               latest=save_latest)
+      metrics.write_history(workdir, run.history)
+      board.epoch(record)
+      logging.info(metrics.format_epoch(record))
+    checkpoints.check_best(run.best_step)
+    if run.history:
+      plots.learning_curves(run.history, os.path.join(workdir, 'learning_curves.png'))
+    log_outputs(workdir, run)
+    return state
+  finally:  # Orbax's threads and files, and the event file, let go whatever happened
+    checkpoints.close()
+    if board is not None:
+      board.close()

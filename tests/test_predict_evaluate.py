@@ -97,7 +97,12 @@ def test_image_folder_dataset(tmp_path, predictor):
   assert faces.shape == (3, 48, 48, 1)
   assert sorted(labels.tolist()) == sorted([EMOTIONS.index('happy')] * 2 + [EMOTIONS.index('sad')])
   (tmp_path / 'test' / 'smiling').mkdir()
-  with pytest.raises(FerJaxError, match="folder name 'smiling' is not a class"):
+  with pytest.raises(FerJaxError, match=r"test/smiling is empty; add images of 'smiling'"):
+    evaluation.load_eval_data(str(tmp_path), 'test')
+  Image.fromarray(np.full((48, 48), 9, np.uint8)).save(tmp_path / 'test' / 'smiling' / 'x.png')
+  # A class the 7-class model does not know is named, with the model's classes.
+  with pytest.raises(FerJaxError, match=r"has class 'smiling', which the model does not know \(its "
+                                        r'classes: angry, disgust'):
     evaluation.load_eval_data(str(tmp_path), 'test')
   with pytest.raises(FerJaxError, match=r"validation does not exist.*found splits: \['test'\]"):
     evaluation.load_eval_data(str(tmp_path), 'validation')
@@ -216,3 +221,38 @@ def test_evaluate_calibrate_stores_the_temperature_the_predictor_then_uses(tmp_p
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1] == ('error: --calibrate fits on validation (PublicTest) '
                                                  'faces, not train; pass --split validation.')
+
+
+def test_several_datasets_give_one_table(tmp_path, trained_workdir, real_faces):
+  faces, labels = real_faces
+  public = write_csv(tmp_path / 'public.csv', [(int(l), f, 'PublicTest')
+                                               for f, l in zip(faces[:40], labels[:40])])
+  for i, face in enumerate(faces[:6]):
+    folder = tmp_path / 'folder' / 'test' / ('happy' if i % 2 else 'sad')
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(face[..., 0]).save(folder / f'{i}.png')
+  out = subprocess.run([sys.executable, '-m', 'fer_jax.evaluate', '--workdir', trained_workdir,
+                        '--data', str(public), '--data', str(tmp_path / 'folder'),
+                        '--tta=none,flip'], capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-2000:]
+  rows = json.load(open(os.path.join(trained_workdir, 'eval_table.json')))
+  assert [(r['split'], r['faces']) for r in rows] == [('validation', 40), ('test', 6)]
+  assert {'accuracy (none)', 'macro_f1 (flip)', 'mean_recall (none)'} <= set(rows[0])
+  single = evaluation.evaluate(predict.Predictor.from_workdir(trained_workdir),
+                               *evaluation.load_eval_data(str(public), 'validation'), ['none'])
+  assert rows[0]['accuracy (none)'] == single['none']['accuracy']
+  assert '| data | split | faces |' in out.stdout
+
+
+def test_the_loop_and_the_evaluate_command_give_the_same_numbers(trained_workdir):
+  """The training loop scored its best epoch with the same report the command uses."""
+  from fer_jax import data
+  history = [json.loads(line) for line in open(os.path.join(trained_workdir, 'metrics.jsonl'))]
+  config = generated_smoke_config(256, 64)
+  split = data.load_split(config.data, 'validation')
+  report = evaluation.evaluate(predict.Predictor.from_workdir(trained_workdir), split.images,
+                               split.labels, ['none'])['none']
+  best = max(history, key=lambda r: r['eval_accuracy'])
+  assert report['accuracy'] == best['eval_accuracy']
+  assert report['macro_f1'] == pytest.approx(best['eval_macro_f1'], abs=1e-9)
+  assert report['loss'] == pytest.approx(best['eval_loss'], rel=1e-4)

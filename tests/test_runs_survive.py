@@ -127,7 +127,7 @@ def test_read_only_and_full_disks_are_one_sentence(tmp_path):
     with pytest.raises(FerJaxError, match=r'ro/run is not writable \(Read-only file system\)'):
       train.train_and_evaluate(_small_config(), str(tmp_path / 'ro' / 'run'))
   finally:
-    subprocess.run(['umount', str(tmp_path / 'ro')])
+    subprocess.run(['umount', '-l', str(tmp_path / 'ro')])
   # 20 MiB holds the run's small files but not a 77 MiB checkpoint (params and Adam's moments).
   assert _mount_tmpfs(tmp_path / 'full', 'size=20m')
   try:
@@ -136,7 +136,7 @@ def test_read_only_and_full_disks_are_one_sentence(tmp_path):
       train.train_and_evaluate(_small_config(), str(tmp_path / 'full' / 'run'))
     assert not os.path.exists(tmp_path / 'full' / 'run'), 'the failed start left its workdir'
   finally:
-    subprocess.run(['umount', str(tmp_path / 'full')])
+    subprocess.run(['umount', '-l', str(tmp_path / 'full')])
 
 
 def test_resuming_with_a_config_that_changes_the_state_is_one_sentence(tmp_path):
