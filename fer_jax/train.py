@@ -102,7 +102,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], augment_fn: augme
     state = state.replace(ema_params=jax.tree_util.tree_map(
         lambda e, p: decay * e + (1 - decay) * p, state.ema_params, state.params))
   count = batch['label'].shape[0]
+  # loss_sum: the objective (smoothing, mixing, class weights); ce_sum: plain cross-entropy on the
+  # true labels, the quantity evaluation reports, so the two curves compare.
   return state, {'loss_sum': loss * count,
+                 'ce_sum': jnp.sum(cross_entropy(logits, batch['label'])),
                  'correct': jnp.sum(jnp.argmax(logits, -1) == batch['label']),
                  'count': jnp.asarray(count, jnp.float32)}
 
@@ -157,10 +160,12 @@ def make_train_functions(config: ml_collections.ConfigDict, mesh: jax.sharding.M
   return p_train_steps, p_epoch_batches
 
 
-def summarize(sums: dict[str, Any]) -> tuple[float, float]:
+def summarize(sums: dict[str, Any]) -> tuple[float, float, float]:
+  """(objective, cross-entropy, accuracy) per face of an epoch's summed train metrics."""
   sums = jax.device_get(sums)
   count = max(float(sums['count']), 1.0)
-  return float(sums['loss_sum']) / count, float(sums['correct']) / count
+  return (float(sums['loss_sum']) / count, float(sums['ce_sum']) / count,
+          float(sums['correct']) / count)
 
 
 def evaluate(state: TrainState, split: data.Split, batch_size: int, logits_fn: Callable) -> dict:
@@ -354,12 +359,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
           bar.update(stop, f'loss {running_loss:.4f}')
           board.train_loss(int(state.step), running_loss)
       bar.close()
-      train_loss, train_accuracy = summarize(sums)
-      first_loss = run.history[0]['train_loss'] if run.history else None
-      if not np.isfinite(train_loss) or (first_loss and train_loss > 100 * first_loss):
+      train_objective, train_loss, train_accuracy = summarize(sums)
+      first_loss = run.history[0]['train_objective'] if run.history else None
+      if not np.isfinite(train_objective) or (first_loss and train_objective > 100 * first_loss):
         raise FerJaxError(
-            f'training diverged in epoch {epoch}: the train loss is {train_loss:.4g}'
-            + (f', over 100x epoch 1\'s {first_loss:.4g}' if np.isfinite(train_loss) else '')
+            f'training diverged in epoch {epoch}: the train loss is {train_objective:.4g}'
+            + (f', over 100x epoch 1\'s {first_loss:.4g}' if np.isfinite(train_objective) else '')
             + f'; the checkpoints of epoch {run.epoch} and before are kept. Lower config.head_lr / '
             'config.backbone_lr or check the data, then resume or start a new --workdir.')
       train_seconds = time.perf_counter() - epoch_start
@@ -377,6 +382,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         state = state.replace(opt_state=parallel.replicate(
             optim.with_plateau_scale(state.opt_state, next_scale), mesh))
       record = {'epoch': epoch, 'step': step_now, 'train_loss': train_loss,
+                'train_objective': train_objective,
                 'train_accuracy': train_accuracy, 'eval_loss': eval_loss,
                 'eval_accuracy': eval_accuracy, 'eval_macro_f1': report['macro_f1'],
                 'eval_split': eval_split.name,

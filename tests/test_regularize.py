@@ -158,3 +158,23 @@ def test_weight_average_follows_its_recurrence_and_serves_from_checkpoints(tmp_p
   differs = jax.tree_util.tree_map(lambda a, b: bool((np.asarray(a) != np.asarray(b)).any()),
                                    served['params'], jax.device_get(state.params))
   assert any(jax.tree_util.tree_leaves(differs))
+
+
+def test_the_train_loss_logged_is_plain_cross_entropy_whatever_the_objective():
+  """ce_sum (logged as train_loss) is the cross-entropy evaluation reports; loss_sum the
+  objective. Label smoothing changes the second only: the logits are the same."""
+  config = enhanced.get_config()
+  config.augment.steps = ''
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_fns(config, 10))
+  state = train.create_train_state(jax.random.PRNGKey(0), model, tx)
+  rng = np.random.default_rng(2)
+  batch = {'image': jnp.asarray(rng.integers(0, 256, (8, 48, 48, 1), dtype=np.uint8)),
+           'label': jnp.asarray(np.arange(8) % 7, jnp.int32)}
+  augment_fn = augment.make_train_augment(config.augment, 10)
+  plain = jax.jit(functools.partial(train.train_step, augment_fn=augment_fn))(state, batch)[1]
+  smoothed = jax.jit(functools.partial(train.train_step, augment_fn=augment_fn,
+                                       label_smoothing=0.3))(state, batch)[1]
+  np.testing.assert_allclose(float(plain['ce_sum']), float(plain['loss_sum']), rtol=1e-5)
+  np.testing.assert_allclose(float(smoothed['ce_sum']), float(plain['loss_sum']), rtol=1e-5)
+  assert float(smoothed['loss_sum']) != pytest.approx(float(smoothed['ce_sum']), rel=1e-3)
