@@ -101,7 +101,11 @@ def get_config() -> ml_collections.ConfigDict:
   # The latest checkpoint every N epochs (and at the last); the best one whenever it improves.
   # Resuming replays the epochs since the last save exactly (fer_jax.train's randomness).
   config.checkpoint_every_epochs = 1
-  config.early_stopping_patience = 7  # epochs without a better validation accuracy; 0 = never stop
+  config.early_stopping_patience = 7  # epochs without a better selection score; 0 = never stop
+  # The best checkpoint (and early stopping) by this metric of the validation split under this TTA.
+  config.select_metric = 'accuracy'    # or 'macro_f1'
+  config.select_tta = 'none'           # or 'flip', 'ten_crop' (scored every epoch, so slower)
+  config.evals = ''                    # more datasets scored every epoch: 'name=path,name=path'
 
   config.log_every_steps = 50
   config.progress_bar = True

@@ -31,7 +31,6 @@ import time
 
 START = time.time()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARD_BYTES = 15 * 2 ** 20
 
 
 def log(message: str) -> None:
@@ -117,63 +116,36 @@ def versions(env: dict[str, str]) -> str:
 
 def export(workdir: str, name: str, full_precision: bool, out: str) -> tuple[list[str], dict]:
   sys.path.insert(0, ROOT)
-  import flax
-  import numpy as np
-  from fer_jax import checkpoint
+  from fer_jax import checkpoint, pretrained
   variables, meta = checkpoint.load_for_inference(workdir, 'best')
-  flat = flax.traverse_util.flatten_dict(variables, sep='/')
-  dtype = np.float32 if full_precision else np.float16
-  shards, current, size = [], {}, 0
-  for key, value in flat.items():
-    value = np.asarray(value, dtype)
-    if current and size + value.nbytes > SHARD_BYTES:
-      shards.append(current)
-      current, size = {}, 0
-    current[key], size = value, size + value.nbytes
-  shards.append(current)
-  written = []
-  for index, shard in enumerate(shards):
-    path = os.path.join(out, f'{name}_best_{np.dtype(dtype).name}_{index}.npz')
-    np.savez(path, **shard)
-    written.append(os.path.basename(path))
+  dtype = 'float32' if full_precision else 'float16'
+  written = pretrained.save_flat(variables, out, f'{name}_best_{dtype}', dtype)
   # The history travels as metrics.jsonl; the import puts it back into the run state.
-  return written, {'run': {**meta['run'], 'history': []},
-                   **{k: meta[k] for k in ('model_config', 'train_config')}}
+  return [os.path.basename(p) for p in written], {
+      'run': {**meta['run'], 'history': []},
+      **{k: meta[k] for k in ('model_config', 'train_config', 'label_map')}}
 
 
 def import_run(files_dir: str, name: str, summary_path: str, history_path: str,
                workdir: str) -> None:
   """Back on the workstation: an exported run becomes a workdir whose `best` checkpoint the
-  project's tools read (evaluate, predict, pretrained). It holds the evaluated variables only (no
-  optimiser state): it serves, it does not resume."""
+  project's tools read (fer_jax.pretrained.import_workdir)."""
   sys.path.insert(0, ROOT)
   import glob
-  import flax
-  import numpy as np
-  from fer_jax import LABEL_MAP, metrics
-  from fer_jax.checkpoint import BEST, Checkpoints
-  flat = {}
-  for path in sorted(glob.glob(os.path.join(files_dir, f'{name}_best_float32_*.npz'))):
-    with np.load(path) as shard:
-      flat.update({key: shard[key] for key in shard.files})
-  if not flat:
+  from fer_jax import FerJaxError, pretrained
+  paths = sorted(glob.glob(os.path.join(files_dir, f'{name}_best_float32_*.npz')))
+  if not paths:
     sys.exit(f'{files_dir} has no {name}_best_float32_*.npz; import the run exported in float32.')
   exports = json.load(open(summary_path)).get('exports', {})
   if name not in exports:
     sys.exit(f'{summary_path} has no export of run {name!r} (it has {sorted(exports) or "none"}); '
              'pass the summary.json of the call that exported it.')
-  meta = exports[name]['meta']
-  runs, run = history(history_path), meta['run']
-  run['history'] = [r for r in runs if r['epoch'] <= run['epoch']]
-  if not run['history']:
-    sys.exit(f'{history_path} holds no epoch up to {run["epoch"]}; pass the run\'s metrics.jsonl.')
-  meta['label_map'] = {str(k): v for k, v in LABEL_MAP.items()}
-  checkpoints = Checkpoints(workdir)
-  checkpoints.save(BEST, run['history'][-1]['step'],
-                   flax.traverse_util.unflatten_dict(flat, sep='/'), meta)
-  checkpoints.close()
-  metrics.write_history(workdir, runs)
-  print(f'{workdir}: best checkpoint of epoch {run["epoch"]} ({len(flat)} arrays), '
+  meta, runs = exports[name]['meta'], history(history_path)
+  try:
+    pretrained.import_workdir(pretrained.load_flat(paths), meta, runs, workdir)
+  except FerJaxError as e:
+    sys.exit(f'error: {history_path}: {e}')
+  print(f'{workdir}: best checkpoint of epoch {meta["run"]["epoch"]} ({len(paths)} shards), '
         f'{len(runs)} epochs of history')
 
 

@@ -60,6 +60,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.init_from and config.init_from != 'pretrained' and not os.path.isdir(config.init_from):
     raise FerJaxError(f'config.init_from={config.init_from!r} is neither "pretrained" nor a '
                       'workdir; pass "pretrained" or the folder of a finished training run.')
+  if config.select_metric not in ('accuracy', 'macro_f1'):
+    raise FerJaxError(f'config.select_metric={config.select_metric!r} is unknown; use accuracy or '
+                      'macro_f1.')
+  if config.select_tta not in ('none', 'flip', 'ten_crop'):
+    raise FerJaxError(f'config.select_tta={config.select_tta!r} is unknown; use none, flip or '
+                      'ten_crop.')
+  for _, path in parse_evals(config.evals):
+    if not os.path.exists(path):
+      raise FerJaxError(f'config.evals names {path}, which does not exist; pass a FER2013 CSV, an '
+                        'arrays file or an image-folder root.')
   if not 0.0 <= config.momentum < 1.0:
     raise FerJaxError(f'config.momentum={config.momentum} is out of range; set it in [0, 1), e.g. 0.9.')
   if config.lr_schedule == 'step' and not 0.0 < config.lr_decay_factor <= 1.0:
@@ -99,3 +109,15 @@ def check_resumable(saved_config: dict, config: ml_collections.ConfigDict, workd
           f'{workdir} holds a run trained with config.{field}={saved!r}, and the config now says '
           f'{current!r}, which changes what its checkpoint holds; resume with '
           f'--config.{field}={saved!r}, or pass a new --workdir.')
+
+
+def parse_evals(evals: str) -> list[tuple[str, str]]:
+  """'name=path,name=path' -> [(name, path)]: the extra datasets scored every epoch."""
+  pairs = []
+  for item in filter(None, (part.strip() for part in evals.split(','))):
+    name, sep, path = item.partition('=')
+    if not sep or not name.isidentifier() or not path:
+      raise FerJaxError(f'config.evals entry {item!r} is not name=path; write e.g. '
+                        '--config.evals=raf=/data/raf_db,ck=/data/ck_plus (names: letters, digits, _).')
+    pairs.append((name, path))
+  return pairs

@@ -174,6 +174,25 @@ def report_from_logits(logits: np.ndarray, labels: np.ndarray, class_names: list
   return report
 
 
+def split_reports(logits_fn, images: np.ndarray, labels: np.ndarray, class_names: list[str],
+                  tta: list[str], batch_size: int) -> dict[str, dict]:
+  """Reports per TTA variant, logits_fn applied to fixed-size batches (the last padded, so a
+  compiled logits_fn never recompiles): how the training loop scores its evaluations."""
+  reports = {}
+  for variant in tta:
+    per_view = []
+    for view in TTA_VARIANTS[variant](images):
+      chunks = []
+      for start in range(0, len(view), batch_size):
+        chunk = view[start:start + batch_size]
+        padded = np.zeros((batch_size, *chunk.shape[1:]), chunk.dtype)
+        padded[:len(chunk)] = chunk
+        chunks.append(np.asarray(logits_fn(padded))[:len(chunk)])
+      per_view.append(np.concatenate(chunks))
+    reports[variant] = report_from_logits(np.stack(per_view), labels, class_names)
+  return reports
+
+
 def evaluate(predictor: Predictor, faces: np.ndarray, labels: np.ndarray,
              tta: list[str], progress: bool = False) -> dict[str, dict]:
   """One report per TTA variant (a variant averages the calibrated probabilities of its views).

@@ -76,8 +76,10 @@ class TensorBoard:
     """Every number of an epoch's metrics.jsonl record, at the record's train step."""
     for name, value in record.items():
       if name not in ('epoch', 'step') and isinstance(value, (int, float)):
-        group = ('train' if name.startswith('train_') else 'eval' if name.startswith('eval_')
-                 else 'learning_rate' if name.endswith('_lr') or name == 'lr_scale' else 'time')
+        group = ('train' if name.startswith('train_') else
+                 'eval' if name.startswith('eval_') or name == 'selection_score' else
+                 'learning_rate' if name.endswith('_lr') or name == 'lr_scale' else
+                 'time' if name.endswith(('_seconds', '_per_second')) else 'evals')
         self.writer.add_scalar(f'{group}/{name}', value, record['step'])
     self.writer.flush()
 
@@ -93,6 +95,14 @@ class TensorBoard:
     for i, face in enumerate(faces):
       grid[(i // 8) * 50:(i // 8) * 50 + 48, (i % 8) * 50:(i % 8) * 50 + 48] = face
     self.writer.add_image(tag, grid[None], step)
+
+  def confusion(self, matrix: Any, class_names: list[str], step: int) -> None:
+    """The confusion matrix of a new best epoch, as a picture."""
+    import matplotlib.pyplot as plt
+    from fer_jax import plots
+    figure = plots.confusion_matrix_figure(matrix, class_names, f'best at step {step}')
+    self.writer.add_figure('eval/confusion_matrix', figure, step)
+    plt.close(figure)
 
   def close(self) -> None:
     self.writer.close()

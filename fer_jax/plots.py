@@ -28,7 +28,14 @@ def learning_curves(history: Sequence[dict[str, Any]], path: str) -> None:
 
 def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str,
                      title: str = '') -> None:
-  """Counts, with each row (true class) shaded by its recall."""
+  """Counts, with each row (true class) shaded by its recall, saved as a PNG."""
+  fig = confusion_matrix_figure(matrix, class_names, title)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str = ''):
+  """The confusion matrix as a matplotlib figure (the caller closes it)."""
   recall = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
   fig, axis = plt.subplots(figsize=(7, 6))
   image = axis.imshow(recall, cmap='Blues', vmin=0, vmax=1)
@@ -43,8 +50,7 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str,
   axis.set_title(title)
   fig.colorbar(image, ax=axis, label='fraction of the true class')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def reliability_diagram(tables: dict[str, tuple[float, list[dict]]], path: str, title: str = '') -> None:

@@ -168,17 +168,16 @@ def summarize(sums: dict[str, Any]) -> tuple[float, float, float]:
           float(sums['correct']) / count)
 
 
-def evaluate(state: TrainState, split: data.Split, batch_size: int, logits_fn: Callable) -> dict:
-  """The split's report (fer_jax.evaluation.report_from_logits, as the evaluate command's), from
-  fixed-size batches: the last is padded, so nothing recompiles."""
-  logits = []
-  for start in range(0, len(split), batch_size):
-    chunk = split.images[start:start + batch_size]
-    padded = np.zeros((batch_size, *chunk.shape[1:]), chunk.dtype)
-    padded[:len(chunk)] = chunk
-    logits.append(np.asarray(jax.device_get(logits_fn(state, padded)))[:len(chunk)])
-  return evaluation.report_from_logits(np.concatenate(logits)[None], split.labels,
-                                       list(split.classes))
+def load_extra_evals(config: ml_collections.ConfigDict,
+                     classes: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """config.evals ('name=path,...'): each dataset's default split (test, else validation) as
+  (faces, labels indexed into the run's classes), scored every epoch under its name."""
+  extra = {}
+  for name, path in config_checks.parse_evals(config.evals):
+    split = evaluation.default_split(path)
+    extra[name] = evaluation.load_eval_data(path, split, list(classes))
+    logging.info('evaluation %s: %d faces of %s (%s)', name, len(extra[name][1]), path, split)
+  return extra
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -325,6 +324,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     p_train_steps, p_epoch_batches = make_train_functions(config, mesh, steps_per_epoch, weights)
     split_arrays = parallel.replicate({'image': train_split.images, 'label': train_split.labels}, mesh)
     p_eval_logits = parallel.data_parallel(eval_logits, mesh, donate_state=False)
+    extra_evals = load_extra_evals(config, classes)
     # Evaluation statistics re-measured on clean faces after every epoch (fer_jax.batchnorm).
     recalibration_faces = min(config.bn_recalibration_faces, len(train_split))
     recalibration_batch = min(config.eval_batch_size, recalibration_faces) or 1
@@ -372,8 +372,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         state = state.replace(
             batch_stats=recalibrate_fn(state.for_evaluation().params, state.batch_stats,
                                        recalibration_images))
-      report = evaluate(state.for_evaluation(), eval_split, config.eval_batch_size, p_eval_logits)
+      evaluated = state.for_evaluation()
+      logits_fn = lambda faces: jax.device_get(p_eval_logits(evaluated, faces))  # noqa: E731
+      variants = ['none'] + ([config.select_tta] if config.select_tta != 'none' else [])
+      reports = evaluation.split_reports(logits_fn, eval_split.images, eval_split.labels,
+                                         list(classes), variants, config.eval_batch_size)
+      report = reports['none']
       eval_loss, eval_accuracy = report['loss'], report['accuracy']
+      extra_reports = {name: evaluation.split_reports(logits_fn, faces, labels, list(classes),
+                                                      ['none'], config.eval_batch_size)['none']
+                       for name, (faces, labels) in extra_evals.items()}
       step_now, lr_scale = int(state.step), run.lr_scale  # the factor this epoch trained with
       run.epoch = epoch
       if config.lr_schedule == 'plateau':  # then the next epoch's
@@ -392,8 +400,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                 'train_images_per_second': steps_per_epoch * config.batch_size / train_seconds}
       if config.lr_schedule == 'plateau':
         record['lr_scale'] = lr_scale
+      for variant in variants[1:]:
+        record[f'eval_accuracy_{variant}'] = reports[variant]['accuracy']
+        record[f'eval_macro_f1_{variant}'] = reports[variant]['macro_f1']
+      for name, extra in extra_reports.items():
+        record.update({f'{name}_{key}': extra[key] for key in ('loss', 'accuracy', 'macro_f1')})
+      # The best checkpoint (and early stopping) by config.select_metric of config.select_tta.
+      record['selection_score'] = reports[config.select_tta][config.select_metric]
       run.history.append(record)
-      improved = run.best.update(epoch, eval_accuracy)
+      improved = run.best.update(epoch, record['selection_score'])
+      if improved:
+        board.confusion(np.array(reports[config.select_tta]['confusion_matrix']), list(classes),
+                        step_now)
       meta = checkpoint_meta(config, run, classes)
       save_latest = saves_latest(epoch, config, run)
       if save_latest or improved:

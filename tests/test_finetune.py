@@ -113,7 +113,11 @@ def test_tensorboard_files_hold_every_epoch_metric_and_the_augmented_faces(tmp_p
   assert values['eval/eval_accuracy'] == [(h['step'], pytest.approx(h['eval_accuracy'])) for h in history]
   assert [s for s, _ in values['train/loss_running']] == [1, 2, 3, 4]
   assert {'train/train_loss', 'learning_rate/head_lr', 'learning_rate/backbone_lr'} <= set(values)
-  assert images == ['augmented_faces']
+  best, improvements = -1.0, 0  # a confusion matrix at every new best
+  for record in history:
+    improvements += record['selection_score'] > best
+    best = max(best, record['selection_score'])
+  assert images == ['augmented_faces'] + ['eval/confusion_matrix'] * improvements
 
 
 def test_the_arrays_file_is_scored_like_the_csv(tmp_path):
@@ -126,3 +130,47 @@ def test_the_arrays_file_is_scored_like_the_csv(tmp_path):
   faces, labels = evaluation.load_eval_data(str(tmp_path / 'fer.npz'), 'validation')
   np.testing.assert_array_equal(faces[..., 0], x[8:])
   np.testing.assert_array_equal(labels, y[8:])
+
+
+def test_extra_evaluations_and_the_selection_metric_and_tta(tmp_path):
+  from conftest import random_rows, write_csv
+  csv_path = write_csv(tmp_path / 'extra.csv', random_rows(40, usages=('PublicTest',)))
+  config = generated_smoke_config(64, 32)
+  config.num_epochs, config.eval_batch_size = 2, 32
+  config.select_metric, config.select_tta = 'macro_f1', 'flip'
+  config.evals = f'extra={csv_path}'
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  history = [__import__('json').loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
+  for record in history:
+    assert record['selection_score'] == record['eval_macro_f1_flip']
+    assert {'extra_accuracy', 'extra_macro_f1', 'extra_loss', 'eval_accuracy_flip'} <= set(record)
+  _, meta = checkpoint.load_for_inference(str(tmp_path / 'run'), 'best')
+  best = max(history, key=lambda r: r['selection_score'])  # the first of equal scores
+  assert meta['run']['best']['best_epoch'] == best['epoch']
+  images = [value.tag for event in _events(str(tmp_path / 'run')) for value in event.summary.value
+            if value.HasField('image')]
+  assert 'eval/confusion_matrix' in images
+  with pytest.raises(FerJaxError, match=r"config.evals entry 'extra' is not name=path"):
+    config_checks.validate(_config(tmp_path, evals='extra'))
+  with pytest.raises(FerJaxError, match=r"config.select_metric='f1' is unknown"):
+    config_checks.validate(_config(tmp_path, select_metric='f1'))
+
+
+def test_the_training_command_on_an_image_folder_and_on_the_arrays_file(tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = _folder(tmp_path / 'faces', ['happy', 'sad'], per_class=16)
+  faces, labels = data.generated_faces(96, 0)
+  np.savez(tmp_path / 'fer.npz', x=faces[..., 0], y=labels, usage=np.array([0] * 64 + [1] * 32))
+  common = ['--config.num_epochs=1', '--config.batch_size=16', '--config.eval_batch_size=16',
+            '--config.bn_recalibration_faces=32', '--config.progress_bar=False']
+  for name, overrides in (('folder', ['--config', 'configs/finetune.py',
+                                      f'--config.data.images_path={root}']),
+                          ('arrays', ['--config', 'configs/smoke.py', '--config.data.source=arrays',
+                                      f'--config.data.arrays_path={tmp_path / "fer.npz"}'])):
+    out = subprocess.run([sys.executable, '-m', 'fer_jax.main', '--workdir', str(tmp_path / name)]
+                         + overrides + common, capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 0, out.stderr[-3000:]
+  assert Predictor.from_workdir(str(tmp_path / 'folder')).labels == ['happy', 'sad']
+  assert len(Predictor.from_workdir(str(tmp_path / 'arrays')).labels) == 7

@@ -1,6 +1,7 @@
 """The weights that ship in the package: they load, their half-precision values round-trip, they
 score what their card says on a fixed slice of PublicTest, and the CLIs use them."""
 import json
+import os
 import subprocess
 import sys
 
@@ -68,3 +69,26 @@ def test_predict_cli_with_pretrained(tmp_path, real_csv):
   expected = Predictor.pretrained().predict([str(path)])[0]
   assert line['emotion'] == expected.emotion
   assert abs(sum(line['probabilities'].values()) - 1) < 1e-4
+
+
+def test_the_flat_weight_format_exports_imports_and_serves(tmp_path):
+  """What experiments/device_train.py brings back from an accelerator: shards of '/'-named arrays,
+  turned into a workdir that Predictor serves exactly as the run it came from."""
+  from conftest import generated_smoke_config
+  from fer_jax import checkpoint, train
+  config = generated_smoke_config(64, 32)
+  config.num_epochs, config.eval_batch_size = 1, 32
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  variables, meta = checkpoint.load_for_inference(str(tmp_path / 'run'), 'best')
+  paths = pretrained.save_flat(variables, str(tmp_path / 'flat'), 'run_best_float32',
+                               shard_bytes=2 ** 20)
+  for path in paths:  # under the cap, unless one array alone is larger
+    with np.load(path) as shard:
+      assert os.path.getsize(path) <= 2 ** 20 + 2 ** 16 or len(shard.files) == 1
+  assert len(paths) > 5
+  history = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
+  pretrained.import_workdir(pretrained.load_flat(paths), meta, history, str(tmp_path / 'imported'))
+  faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48, 1), dtype=np.uint8)
+  np.testing.assert_array_equal(
+      Predictor.from_workdir(str(tmp_path / 'imported')).probabilities(faces),
+      Predictor.from_workdir(str(tmp_path / 'run')).probabilities(faces))

@@ -61,3 +61,54 @@ def export(variables: dict[str, Any], card: dict[str, Any], directory: str = WEI
   os.replace(weights_path + '.tmp.npz', weights_path)
   os.replace(card_path + '.tmp', card_path)
   return weights_path
+
+
+# The flat weight format travels in shards, each under what a file transfer may cap (16 MiB).
+SHARD_BYTES = 15 * 2 ** 20
+
+
+def save_flat(variables: dict[str, Any], directory: str, prefix: str, dtype: str = 'float32',
+              shard_bytes: int = SHARD_BYTES) -> list[str]:
+  """Writes variables as '/'-named arrays (to_half's format) in <prefix>_<i>.npz shards; returns
+  their paths. What experiments/device_train.py brings back from an accelerator."""
+  shards, current, size = [], {}, 0
+  for name, value in to_half(variables, dtype).items():
+    if current and size + value.nbytes > shard_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    current[name], size = value, size + value.nbytes
+  shards.append(current)
+  os.makedirs(directory, exist_ok=True)
+  paths = []
+  for index, shard in enumerate(shards):
+    paths.append(os.path.join(directory, f'{prefix}_{index}.npz'))
+    np.savez(paths[-1], **shard)
+  return paths
+
+
+def load_flat(paths: list[str]) -> dict[str, Any]:
+  """float32 variables from the shards save_flat wrote."""
+  if not paths:
+    raise FerJaxError('no weight shards to load; pass the .npz files save_flat wrote.')
+  arrays = {}
+  for path in paths:
+    with np.load(path) as shard:
+      arrays.update({name: shard[name] for name in shard.files})
+  return from_half(arrays)
+
+
+def import_workdir(variables: dict[str, Any], meta: dict[str, Any], history: list[dict[str, Any]],
+                   workdir: str) -> None:
+  """A workdir whose `best` checkpoint holds these variables (evaluate, predict, export and
+  Predictor.from_workdir read it; it serves, it does not resume: no optimiser state)."""
+  from fer_jax import metrics
+  from fer_jax.checkpoint import BEST, Checkpoints
+  run = dict(meta['run'])
+  run['history'] = [r for r in history if r['epoch'] <= run['epoch']]
+  if not run['history']:
+    raise FerJaxError(f'the history holds no epoch up to {run["epoch"]}; pass the run\'s '
+                      'metrics.jsonl.')
+  checkpoints = Checkpoints(workdir)
+  checkpoints.save(BEST, run['history'][-1]['step'], variables, {**meta, 'run': run})
+  checkpoints.close()
+  metrics.write_history(workdir, history)
