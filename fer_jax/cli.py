@@ -110,7 +110,7 @@ def unknown_config_field(argv: list[str]) -> str:
     if arg.startswith('--config.'):
       field = arg[len('--config.'):].split('=')[0]
       if field not in fields:
-        close = difflib.get_close_matches(field, fields, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(field, fields, n=3, cutoff=0.6)
         hint = f'did you mean {" or ".join("config." + c for c in close)}?' if close else (
             f'its fields are listed in {path}.')
         return f'{arg}: {path} has no field {field!r}; {hint}'
