@@ -10,7 +10,7 @@ from fer_jax import EMOTIONS, FerJaxError, faces, metrics
 from fer_jax.data.csv import read_fer2013_csv
 from fer_jax.data import SPLIT_USAGE, describe_splits
 from fer_jax.data.images import read_image_folder
-from fer_jax.predictor import TTA_VARIANTS, Predictor
+from fer_jax.predictor import TTA_VARIANTS, Predictor, calibrated
 
 
 def _check_exists(path: str) -> None:
@@ -119,13 +119,6 @@ def view_logits(predictor: Predictor, faces: np.ndarray, variant: str,
         progress.update(progress.done + len(chunks[-1]), variant)
     out.append(np.concatenate(chunks))
   return np.stack(out)
-
-
-def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
-  """Mean over the views of softmax(logits / temperature): what Predictor.probabilities returns."""
-  scaled = logits / temperature
-  scaled = np.exp(scaled - scaled.max(-1, keepdims=True))
-  return (scaled / scaled.sum(-1, keepdims=True)).mean(0)
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,

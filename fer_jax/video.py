@@ -22,13 +22,10 @@ class Track:
   missed: int = 0
 
 
-def _iou(a, b) -> float:
-  ax, ay, aw, ah = a
-  bx, by, bw, bh = b
-  w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-  h = max(0, min(ay + ah, by + bh) - max(ay, by))
-  union = aw * ah + bw * bh - w * h
-  return w * h / union if union else 0.0
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+  """Intersection over union of two (x, y, w, h) boxes (fer_jax.faces' IoU takes corners)."""
+  corners = lambda x, y, w, h: np.array([x, y, x + w, y + h], np.float64)  # noqa: E731
+  return fer_faces._iou(corners(*a), corners(*b))
 
 
 class Tracker:
@@ -45,7 +42,7 @@ class Tracker:
 
   def update(self, boxes: list, probabilities: np.ndarray) -> list[Track]:
     """The tracks of this frame's faces, in the order of `boxes`."""
-    pairs = sorted(((_iou(t.box, b), ti, bi) for ti, t in enumerate(self.tracks)
+    pairs = sorted(((_overlap(t.box, b), ti, bi) for ti, t in enumerate(self.tracks)
                     for bi, b in enumerate(boxes)), reverse=True)
     assigned: dict[int, Track] = {}
     used = set()
