@@ -66,14 +66,19 @@ class ProgressBar:
 
 
 class TensorBoard:
-  """Event files in <workdir>/tensorboard: `tensorboard --logdir <workdir>` shows them."""
+  """Event files in <workdir>/tensorboard: `tensorboard --logdir <workdir>` shows them. Disabled,
+  it writes nothing (the processes of a multi-process run other than process 0)."""
 
-  def __init__(self, workdir: str):
-    from tensorboardX import SummaryWriter
-    self.writer = SummaryWriter(logdir=os.path.join(workdir, 'tensorboard'), flush_secs=30)
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.writer = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(logdir=os.path.join(workdir, 'tensorboard'), flush_secs=30)
 
   def epoch(self, record: dict[str, Any]) -> None:
     """Every number of an epoch's metrics.jsonl record, at the record's train step."""
+    if self.writer is None:
+      return
     for name, value in record.items():
       if name not in ('epoch', 'step') and isinstance(value, (int, float)):
         group = ('train' if name.startswith('train_') else
@@ -84,10 +89,14 @@ class TensorBoard:
     self.writer.flush()
 
   def train_loss(self, step: int, loss: float) -> None:
+    if self.writer is None:
+      return
     self.writer.add_scalar('train/loss_running', loss, step)
 
   def faces(self, tag: str, faces: Any, step: int) -> None:
     """A grid of faces in [-1, 1] (N, 48, 48, 1), as one image."""
+    if self.writer is None:
+      return
     import numpy as np
     faces = np.clip((np.asarray(faces, np.float32)[..., 0] + 1) / 2, 0, 1)
     rows = int(np.ceil(len(faces) / 8))
@@ -98,6 +107,8 @@ class TensorBoard:
 
   def confusion(self, matrix: Any, class_names: list[str], step: int) -> None:
     """The confusion matrix of a new best epoch, as a picture."""
+    if self.writer is None:
+      return
     import matplotlib.pyplot as plt
     from fer_jax import plots
     figure = plots.confusion_matrix_figure(matrix, class_names, f'best at step {step}')
@@ -105,4 +116,5 @@ class TensorBoard:
     plt.close(figure)
 
   def close(self) -> None:
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.close()

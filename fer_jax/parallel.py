@@ -1,7 +1,10 @@
-"""Data parallelism over all local devices: a 1-D 'data' mesh and a sharded `jax.jit`.
+"""Data parallelism over every device of the run: a 1-D 'data' mesh and a sharded `jax.jit`.
 
 State is replicated, the batch is split on its leading axis. Under jit, BatchNorm sees the global
 batch and gradients are reduced by XLA, so one step on N devices computes what one device would.
+In a multi-process run (fer_jax.distributed) the mesh spans every process's devices, and every
+process holds the same host arrays: placing them asks each process only for the slices its own
+devices hold (`jax.make_array_from_callback`), so no process builds another's part of a batch.
 """
 from typing import Any, Callable
 
@@ -11,14 +14,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fer_jax import FerJaxError
 
+
 def make_mesh() -> Mesh:
-  return Mesh(np.array(jax.local_devices()), ('data',))
+  return Mesh(np.array(jax.devices()), ('data',))
 
 
 def check_divisible(batch_size: int, mesh: Mesh, field: str) -> None:
   devices = mesh.devices.size
   if batch_size % devices:
-    raise FerJaxError(f'{field}={batch_size} does not divide across {devices} devices; set it to a '
+    across = (f'{devices} devices ({jax.process_count()} processes)' if jax.process_count() > 1
+              else f'{devices} devices')
+    raise FerJaxError(f'{field}={batch_size} does not divide across {across}; set it to a '
                       f'multiple of {devices}.')
 
 
@@ -30,12 +36,23 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
 
 
+def _place(tree: Any, sharding: NamedSharding) -> Any:
+  """Host (or already placed) values as global arrays with `sharding`; each process supplies the
+  slices of its own devices from its copy."""
+  def place(leaf):
+    if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+      return leaf
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.tree_util.tree_map(place, tree)
+
+
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  return jax.device_put(batch, batch_sharded(mesh))
+  return _place(batch, batch_sharded(mesh))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  return jax.device_put(tree, replicated(mesh))
+  return _place(tree, replicated(mesh))
 
 
 def data_parallel(step_fn: Callable, mesh: Mesh, donate_state: bool = True) -> Callable:

@@ -5,6 +5,7 @@ checkpoint draws the same batches, flips and dropout masks as one that never sto
 split lives on the device; each epoch's order is drawn there and `config.steps_per_call` steps run
 per compiled call (lax.scan), so batch 32 on an accelerator is not bound by dispatch or the host.
 """
+import contextlib
 import functools
 import glob
 import json
@@ -22,8 +23,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from fer_jax import (FerJaxError, augment, batchnorm, config_checks, data, evaluation, finetune,
-                     metrics, models, optim, parallel, plots, regularize)
+from fer_jax import (FerJaxError, augment, batchnorm, config_checks, data, distributed, evaluation,
+                     finetune, metrics, models, optim, parallel, plots, regularize)
 from fer_jax import checkpoint
 from fer_jax.checkpoint import LATEST, Checkpoints
 from fer_jax.run_state import RunState
@@ -120,8 +121,10 @@ def train_steps(state: TrainState, split_arrays: dict[str, jax.Array], batch_ind
   """len(batch_indices) train steps in one call (lax.scan): each batch is gathered from the
   device-resident split, so a step costs no host transfer and k steps one dispatch."""
   def body(state, index):
+    if batch_sharding is not None:  # each device gathers, augments and steps on its own slice
+      index = jax.lax.with_sharding_constraint(index, batch_sharding)
     batch = {'image': split_arrays['image'][index], 'label': split_arrays['label'][index]}
-    if batch_sharding is not None:  # each device augments and steps on its slice of the batch
+    if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return step_fn(state, batch)
   if batch_indices.shape[0] == 1:
@@ -224,15 +227,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains config's model, evaluating and checkpointing every epoch; resumes from workdir.
 
   One run per workdir (a second one is refused while the first lives); a run that fails before
-  its first checkpoint removes the workdir it created, so nothing is left half written."""
+  its first checkpoint removes the workdir it created, so nothing is left half written. In a
+  multi-process run (fer_jax.distributed) every process calls this; process 0 owns the workdir."""
+  distributed.check_same_config(config.to_json())
   config_checks.validate(config)  # a bad config fails before minutes of data preparation
+  primary = distributed.is_primary()
   logging.info('workdir %s: checkpoints/, metrics.jsonl, config.json, model_summary.txt and '
                'learning_curves.png go there; an existing run there is resumed',
                os.path.abspath(workdir))
-  config_checks.warn_about_recipe(config)
-  created = checkpoint.prepare_workdir(workdir)
+  if primary:
+    config_checks.warn_about_recipe(config)
+  created = checkpoint.prepare_workdir(workdir) if primary else False
   try:
-    with checkpoint.WorkdirLock(workdir):
+    with checkpoint.WorkdirLock(workdir) if primary else contextlib.nullcontext():
       return _train(config, workdir)
   except BaseException:
     committed = [p for p in glob.glob(os.path.join(workdir, 'checkpoints', '*', '*'))
@@ -275,6 +282,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
   train_split = data.load_split(config.data, config.data.train_split, config.data.max_train_examples)
   eval_split = data.load_split(config.data, config.data.eval_split, config.data.max_eval_examples)
+  distributed.check_same_data('train', train_split.images, train_split.labels)
+  distributed.check_same_data('eval', eval_split.images, eval_split.labels)
   classes = train_split.classes  # the class list comes from the data
   if eval_split.classes != classes:
     raise FerJaxError(f'the {train_split.name} split has classes {", ".join(classes)} but the '
@@ -298,6 +307,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                              optim.create_optimizer(config, lr_fns), config.model,
                              ema=config.ema_decay > 0)
   checkpoints = Checkpoints(workdir)
+  primary = distributed.is_primary()  # the one process that logs and writes the run's files
   board = None
   try:
     state, run = _resume(checkpoints, config, workdir, state, classes)
@@ -307,13 +317,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       state = state.replace(params=params, batch_stats=batch_stats,
                             ema_params=None if state.ema_params is None else
                             jax.tree_util.tree_map(np.copy, params))
-    model_summary = models.summary(model, {'params': state.params, 'batch_stats': state.batch_stats})
-    logging.info('\n%s', model_summary)
-    with open(os.path.join(workdir, 'model_summary.txt'), 'w') as f:
-      f.write(model_summary + '\n')
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-    metrics.write_history(workdir, run.history)
+    if primary:
+      model_summary = models.summary(model, {'params': state.params,
+                                             'batch_stats': state.batch_stats})
+      logging.info('\n%s', model_summary)
+      with open(os.path.join(workdir, 'model_summary.txt'), 'w') as f:
+        f.write(model_summary + '\n')
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+      metrics.write_history(workdir, run.history)
     state = parallel.replicate(state, mesh)
 
     weights = None
@@ -336,8 +348,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         out_shardings=parallel.replicated(mesh))
     recalibration_images = split_arrays['image'][:recalibration_faces]
 
-    board = metrics.TensorBoard(workdir)
-    if run.epoch == 0:  # what the augmentation does to the first training faces, once
+    board = metrics.TensorBoard(workdir, enabled=primary)
+    if run.epoch == 0 and primary:  # what the augmentation does to the first training faces, once
       board.faces('augmented_faces', augment.make_train_augment(config.augment, steps_per_epoch)(
           jnp.asarray(train_split.images[:32]), jax.random.PRNGKey(config.seed), 0), 0)
     for epoch in range(run.epoch + 1, config.num_epochs + 1):
@@ -347,7 +359,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         break
       epoch_start = time.perf_counter()
       batch_indices = p_epoch_batches(config.seed, epoch, len(train_split), config.batch_size)
-      bar = metrics.ProgressBar(steps_per_epoch, f'epoch {epoch}', config.progress_bar)
+      bar = metrics.ProgressBar(steps_per_epoch, f'epoch {epoch}', config.progress_bar and primary)
       sums, next_log = None, config.log_every_steps
       for start in range(0, steps_per_epoch, config.steps_per_call):
         stop = min(start + config.steps_per_call, steps_per_epoch)
@@ -373,7 +385,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
             batch_stats=recalibrate_fn(state.for_evaluation().params, state.batch_stats,
                                        recalibration_images))
       evaluated = state.for_evaluation()
-      logits_fn = lambda faces: jax.device_get(p_eval_logits(evaluated, faces))  # noqa: E731
+      logits_fn = lambda faces: jax.device_get(  # noqa: E731
+          p_eval_logits(evaluated, parallel.shard_batch(faces, mesh)))
       variants = ['none'] + ([config.select_tta] if config.select_tta != 'none' else [])
       reports = evaluation.split_reports(logits_fn, eval_split.images, eval_split.labels,
                                          list(classes), variants, config.eval_batch_size)
@@ -417,13 +430,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       if save_latest or improved:
         checkpoints.save_epoch(step_now, jax.device_get(_state_tree(state)), meta, best=improved,
                                latest=save_latest)
-      metrics.write_history(workdir, run.history)
+      if primary:
+        metrics.write_history(workdir, run.history)
       board.epoch(record)
       logging.info(metrics.format_epoch(record))
     checkpoints.check_best(run.best_step)
-    if run.history:
+    if primary and run.history:
       plots.learning_curves(run.history, os.path.join(workdir, 'learning_curves.png'))
-    log_outputs(workdir, run)
+    if primary:
+      log_outputs(workdir, run)
     return state
   finally:  # Orbax's threads and files, and the event file, let go whatever happened
     checkpoints.close()
