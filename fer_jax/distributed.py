@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -95,6 +96,39 @@ class PeerWatch:
       time.sleep(3 * self.interval)
 
 
+def _wait_for_coordinator(address: str, process_id: int, timeout: float) -> None:
+  """Waits until process 0's coordinator accepts connections. Checked here because the runtime,
+  when its own wait times out, aborts the process from C++ instead of raising."""
+  host, port = address.rsplit(':', 1)
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host.strip('[]'), int(port)), timeout=2):
+        return
+    except (OSError, ValueError) as e:
+      if time.monotonic() > deadline:
+        raise FerJaxError(
+            f'process {process_id} could not reach the coordinator at {address} within '
+            f'{timeout:.0f} s ({e.strerror if isinstance(e, OSError) and e.strerror else e}); '
+            'start process 0 (it hosts the coordinator), check that this address and port reach '
+            'it from here, or wait longer with --initialization_timeout.') from None
+      time.sleep(0.5)
+
+
+def _check_port_free(address: str) -> None:
+  """Process 0's coordinator port must be free: jaxlib crashes when it cannot bind it."""
+  port = address.rsplit(':', 1)[1]
+  with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+    try:
+      probe.bind(('', int(port)))
+    except ValueError:
+      raise FerJaxError(f'--coordinator_address={address}: {port!r} is not a port number.') from None
+    except OSError as e:
+      raise FerJaxError(f'process 0 cannot host the coordinator on port {port} ({e.strerror}); '
+                        'another program (perhaps another run) uses it: pick a free port for '
+                        '--coordinator_address on every process.') from None
+
+
 def initialize(coordinator_address: str | None, num_processes: int | None,
                process_id: int | None, auto: bool, initialization_timeout: int,
                heartbeat_timeout: int, resume_hint: str) -> PeerWatch | None:
@@ -120,6 +154,10 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
                       'the address of process 0 and a free port, e.g. 10.0.0.1:1234.')
   if heartbeat_timeout < 2:
     raise FerJaxError(f'--heartbeat_timeout={heartbeat_timeout} is too short; use 10 s or more.')
+  if coordinator_address is not None and process_id:
+    _wait_for_coordinator(coordinator_address, process_id, initialization_timeout)
+  elif coordinator_address is not None and process_id == 0:
+    _check_port_free(coordinator_address)
   import jax
   from jax._src import distributed as jax_distributed  # the runtime client, as Orbax uses it
   try:
@@ -130,7 +168,7 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   except Exception as e:  # jaxlib raises its runtime errors with pages of RPC detail
     with contextlib.suppress(Exception):  # else JAX's exit hook reports the failed join again
       jax.distributed.shutdown()
-    detail = ' '.join(str(e).split())[:160] or type(e).__name__
+    detail = _shorten(' '.join(str(e).split())) or type(e).__name__
     where = coordinator_address or 'the address the cluster environment gives'
     raise FerJaxError(
         f'process {process_id if process_id is not None else "?"} could not join the run at {where} '
@@ -138,6 +176,10 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
         'coordinator), check that the address and port are reachable from here and that each '
         'process has its own --process_id; --initialization_timeout waits longer.') from None
   return PeerWatch(jax_distributed.global_state.client, heartbeat_timeout, resume_hint)
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+  return text if len(text) <= limit else text[:limit].rsplit(' ', 1)[0] + ' ...'
 
 
 @contextlib.contextmanager
@@ -155,13 +197,14 @@ def stop_together(watch: PeerWatch) -> Iterator[None]:
   except KeyboardInterrupt:
     message = f'process {jax.process_index()} was interrupted; {watch.resume_hint}'
   except jax.errors.JaxRuntimeError as e:  # a collective whose peer has gone
-    detail = ' '.join(str(e).split())[:160] or type(e).__name__
-    message = (f'process {jax.process_index()} lost contact with the rest of the run ({detail}); '
-               f'{watch.resume_hint}')
+    detail = ' '.join(str(e).split()).replace('INTERNAL: Error dispatching computation: ', '')
+    message = (f'process {jax.process_index()} lost contact with the rest of the run, a '
+               f'collective failed ({_shorten(detail)}): another process stopped or cannot be '
+               f'reached, and its log says why; {watch.resume_hint}')
   except Exception as e:
     logging.exception('process %d failed', jax.process_index())
     message = (f'process {jax.process_index()} failed with {type(e).__name__}: '
-               f'{" ".join(str(e).split())[:160]} (the traceback is in process '
+               f'{_shorten(" ".join(str(e).split()))} (the traceback is in process '
                f'{jax.process_index()}\'s log); {watch.resume_hint}')
   finally:
     signal.signal(signal.SIGTERM, previous)
