@@ -8,7 +8,9 @@ a training epoch with the 11-step augmentation at batch 32, each with PyTorch's 
 `torch_reference.py` / `torch_seed_pipeline.py` (run as subprocesses when torch is installed) and
 the ratio. Memory: XLA's analysis of each compiled function, and the peak RSS of this process and
 of the PyTorch processes. `--epoch_fractions=0.25,0.5,1` adds epoch time against the number of
-faces; `--steps_per_call=1,8` compares steps per compiled call. Absolute figures move 10-15 %
+faces; `--steps_per_call=1,8` compares steps per compiled call. `--scaling=1x1,1x2,2x1` times the
+train step on processes x devices (fer_jax.distributed over 127.0.0.1 for more than one process;
+on one CPU a smoke test of that machinery, not a speed-up). Absolute figures move 10-15 %
 between runs on a shared CPU; compare the ratios from one run.
 """
 import json
@@ -41,6 +43,11 @@ def define_flags() -> None:
   flags.DEFINE_bool('breakdown', True, 'Time the parts of a batch-32 step on their own.')
   flags.DEFINE_string('json_out', '', 'Where to write the figures as JSON.')
   flags.DEFINE_bool('fast_cpu', True, 'Use the YNNPACK-for-dots-only XLA flag (fer_jax.cli).')
+  flags.DEFINE_list('scaling', ['1x1', '1x2', '2x1'], 'PROCESSESxDEVICES layouts to time the '
+                    'train step on, each in fresh processes; empty = none.')
+  flags.DEFINE_integer('scaling_batch', 64, 'Global batch of the scaling rows.')
+  flags.DEFINE_string('scaling_worker', '', 'Internal: run as one process of a scaling layout, '
+                      'given as PROCESSES:PORT:PROCESS_ID.')
 
 
 def images_per_second(fn: Callable[[], Any], images_per_call: int, calls: int, warmup: int = 2) -> float:
@@ -239,6 +246,47 @@ def run_torch(script: str, args: list[str]) -> dict[str, Any] | None:
   return figures
 
 
+def scaling_worker(spec: str, batch_size: int, steps: int) -> None:
+  """One process of a scaling layout: times the train step on the run's global mesh."""
+  from fer_jax import distributed
+  processes, port, process_id = (int(part) for part in spec.split(':'))
+  watch = None
+  if processes > 1:
+    watch = distributed.initialize(f'127.0.0.1:{port}', processes, process_id, False, 120, 30,
+                                   'run the benchmark again.')
+  import contextlib
+  import jax
+  with distributed.stop_together(watch) if watch else contextlib.nullcontext():
+    images, labels, _ = load_faces('', batch_size)
+    figures = FerJaxBench(images, labels).train_step(batch_size, steps)
+    if jax.process_index() == 0:
+      print(json.dumps({'processes': jax.process_count(), 'devices': jax.device_count(),
+                        'images_per_s': figures['images_per_s']}))
+
+
+def run_scaling(layouts: list[str], batch_size: int, steps: int) -> list[dict[str, Any]]:
+  """Each PROCESSESxDEVICES layout in its own fresh processes, with forced CPU devices."""
+  import socket
+  rows = []
+  for layout in layouts:
+    processes, devices = (int(part) for part in layout.lower().split('x'))
+    with socket.socket() as probe:
+      probe.bind(('127.0.0.1', 0))
+      port = probe.getsockname()[1]
+    env = {**os.environ, 'JAX_NUM_CPU_DEVICES': str(devices)}
+    workers = [subprocess.Popen(
+        [sys.executable, '-m', 'fer_jax.bench', f'--scaling_worker={processes}:{port}:{i}',
+         f'--scaling_batch={batch_size}', f'--steps={steps}', f'--fast_cpu={FLAGS.fast_cpu}'],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(processes)]
+    outputs = [worker.communicate() for worker in workers]
+    if any(worker.returncode for worker in workers):
+      raise SystemExit(f'error: the {layout} scaling run failed: '
+                       f'{next(err for (_, err), w in zip(outputs, workers) if w.returncode).strip().splitlines()[-1]}')
+    rows.append({'layout': layout, **json.loads(outputs[0][0].strip().splitlines()[-1])})
+  return rows
+
+
 def _row(name: str, batch: Any, ours: float, theirs: float | None, memory: str = '') -> str:
   ratio = f'{ours / theirs:.2f}x' if theirs else 'n/a'
   shown = f'{theirs:.1f}' if theirs else 'n/a'
@@ -247,6 +295,9 @@ def _row(name: str, batch: Any, ours: float, theirs: float | None, memory: str =
 
 def main(argv: list[str]) -> None:
   del argv
+  if FLAGS.scaling_worker:
+    scaling_worker(FLAGS.scaling_worker, FLAGS.scaling_batch, FLAGS.steps)
+    return
   import jax
   train_sizes = [int(b) for b in FLAGS.train_batch_sizes]
   infer_sizes = [int(b) for b in FLAGS.infer_batch_sizes]
@@ -265,6 +316,7 @@ def main(argv: list[str]) -> None:
   report['epoch'] = [bench.epoch(int(float(f) * epoch_faces), int(k))
                      for f in FLAGS.epoch_fractions for k in FLAGS.steps_per_call]
   report['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+  report['scaling'] = run_scaling(FLAGS.scaling, FLAGS.scaling_batch, FLAGS.steps)
 
   torch_figures: dict[str, Any] = {}
   if FLAGS.torch_dir:
@@ -309,6 +361,14 @@ def main(argv: list[str]) -> None:
               '| part | ms per batch of 32 | share of the step |', '|---|---:|---:|']
     lines += [f'| {name} | {ms:.1f} | {100 * ms / step_ms:.0f} % |'
               for name, ms in report['breakdown_ms'].items()]
+  if report['scaling']:
+    base = report['scaling'][0]['images_per_s']
+    lines += ['', f'train step on processes x devices (global batch {FLAGS.scaling_batch}; '
+              'processes joined over 127.0.0.1; the devices share this machine\'s cores):', '',
+              f'| processes x devices | img/s | vs {report["scaling"][0]["layout"]} |',
+              '|---|---:|---:|']
+    lines += [f"| {row['layout']} | {row['images_per_s']:.1f} | {row['images_per_s'] / base:.2f}x |"
+              for row in report['scaling']]
   print('\n'.join(lines))
   if FLAGS.json_out:
     with open(FLAGS.json_out, 'w') as f:
