@@ -31,8 +31,9 @@ def free_port() -> int:
 class Process:
   """One `python -m fer_jax.main` process with its output in files (no pipe to fill up)."""
 
-  def __init__(self, log_dir: pathlib.Path, name: str, args: list[str], devices: int):
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu')
+  def __init__(self, log_dir: pathlib.Path, name: str, args: list[str], devices: int,
+               env: dict[str, str] | None = None):
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu', **(env or {}))
     env.pop('XLA_FLAGS', None)
     self.out, self.err = log_dir / f'{name}.out', log_dir / f'{name}.err'
     with open(self.out, 'w') as out, open(self.err, 'w') as err:
@@ -51,14 +52,16 @@ class Process:
 
 
 def start(tmp_path: pathlib.Path, workdir: str, processes: int, devices: int, args: list[str],
-          name: str = 'run', extra: dict[int, list[str]] | None = None) -> list[Process]:
+          name: str = 'run', extra: dict[int, list[str]] | None = None,
+          envs: dict[int, dict[str, str]] | None = None) -> list[Process]:
   """`processes` processes of one run, each with `devices` CPU devices."""
   port = free_port()
   common = ['--config', 'configs/smoke.py', '--workdir', str(tmp_path / workdir),
             '--config.progress_bar=false', *args]
   return [Process(tmp_path, f'{name}{i}', common + [
       f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}',
-      f'--process_id={i}', *(extra or {}).get(i, [])], devices) for i in range(processes)]
+      f'--process_id={i}', *(extra or {}).get(i, [])], devices, (envs or {}).get(i))
+      for i in range(processes)]
 
 
 @pytest.fixture(scope='module')
@@ -167,14 +170,24 @@ def test_processes_with_different_configs_or_an_indivisible_batch_are_refused(tm
                     extra={1: ['--config.seed=7']})
   indivisible = start(tmp_path, 'indivisible', 2, 2, GENERATED + ['--config.batch_size=6'],
                       'indivisible')
-  for run in different + indivisible:
+  rng = np.random.default_rng(0)  # the same config, but each process's FER2013_ARRAYS differs
+  for name, size in (('a.npz', 40), ('b.npz', 48)):
+    np.savez(tmp_path / name, x=rng.integers(0, 256, (size, 48, 48), dtype=np.uint8),
+             y=rng.integers(0, 7, size), usage=np.arange(size) % 2)
+  other_data = start(tmp_path, 'other_data', 2, 1, ['--config.data.source=arrays'], 'other_data',
+                     envs={0: {'FER2013_ARRAYS': str(tmp_path / 'a.npz')},
+                           1: {'FER2013_ARRAYS': str(tmp_path / 'b.npz')}})
+  for run in different + indivisible + other_data:
     assert run.wait(timeout=300) == 1, run.stderr[-2000:]
     assert 'Traceback' not in run.stderr
   assert any('process 1 was started with a different config from process 0: config.seed (0 vs 7)'
              in run.last_line() for run in different)
   assert all('config.batch_size=6 does not divide across 4 devices (2 processes)' in run.stderr
              for run in indivisible)
-  assert not (tmp_path / 'different').exists() and not (tmp_path / 'indivisible').exists()
+  assert any('process 1 loaded a different train split from process 0 (24 faces vs 20' in
+             run.last_line() for run in other_data)
+  for workdir in ('different', 'indivisible', 'other_data'):
+    assert not (tmp_path / workdir).exists(), workdir
 
 
 @pytest.mark.parametrize('flags, message', [
