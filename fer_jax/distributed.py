@@ -69,8 +69,7 @@ class PeerWatch:
         if peer == self.process or self._key('done', peer) in entries:
           continue
         if self._key('error', peer) in entries:
-          stop_now(f'process {peer} stopped, so process {self.process} stops too; its error: '
-                   f'{entries[self._key("error", peer)]}')
+          stop_now(self.peer_error(wait=0) or f'process {peer} stopped; {self.resume_hint}')
         value = entries.get(self._key('beat', peer))
         if peer not in last_seen or last_seen[peer][0] != value:
           last_seen[peer] = (value, now)
@@ -78,6 +77,24 @@ class PeerWatch:
           stop_now(f'process {peer} has given no sign of life for {self.timeout:.0f} s (killed, '
                    f'or its host is down); process {self.process} stops too; {self.resume_hint}')
       self.finished.wait(self.interval)
+
+  def peer_error(self, wait: float = 3.0) -> str | None:
+    """The sentence of a peer that published its error, waiting up to `wait` s for one (a failed
+    collective is often the first sign of a peer that is still saying why it stops)."""
+    deadline = time.monotonic() + wait
+    while True:
+      try:
+        entries = dict(self.client.key_value_dir_get(f'{self.PREFIX}/error'))
+      except Exception:
+        return None
+      for key, message in sorted(entries.items()):
+        peer = key.rsplit('/', 1)[-1]
+        if peer != str(self.process):
+          return (f'process {peer} stopped, so process {self.process} stops too; its error: '
+                  f'{message}')
+      if time.monotonic() > deadline:
+        return None
+      time.sleep(0.2)
 
   def done(self) -> None:
     """This process ended its run normally: the others no longer wait for its beats."""
@@ -198,9 +215,10 @@ def stop_together(watch: PeerWatch) -> Iterator[None]:
     message = f'process {jax.process_index()} was interrupted; {watch.resume_hint}'
   except jax.errors.JaxRuntimeError as e:  # a collective whose peer has gone
     detail = ' '.join(str(e).split()).replace('INTERNAL: Error dispatching computation: ', '')
-    message = (f'process {jax.process_index()} lost contact with the rest of the run, a '
-               f'collective failed ({_shorten(detail)}): another process stopped or cannot be '
-               f'reached, and its log says why; {watch.resume_hint}')
+    message = watch.peer_error() or (
+        f'process {jax.process_index()} lost contact with the rest of the run, a collective '
+        f'failed ({_shorten(detail)}): another process stopped or cannot be reached, and its log '
+        f'says why; {watch.resume_hint}')
   except Exception as e:
     logging.exception('process %d failed', jax.process_index())
     message = (f'process {jax.process_index()} failed with {type(e).__name__}: '
