@@ -3,8 +3,9 @@
 Every process runs the same program: `jax.distributed.initialize` joins them, the mesh spans all
 their devices (fer_jax.parallel), and each process feeds, computes and saves its part. Process 0
 hosts the coordination service and is the only one that logs, writes metrics, TensorBoard and plots;
-all of them take part in Orbax's checkpoint saves. When a process dies, the runtime's heartbeat tells
-the others, and they stop with one sentence instead of hanging in a collective.
+all of them take part in Orbax's checkpoint saves. When a process fails it tells the others, and
+when one dies without a word the others miss its beats (PeerWatch); either way they stop with one
+sentence instead of hanging in a collective, and the same command resumes the run.
 """
 import contextlib
 import hashlib
@@ -15,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from absl import logging
 import numpy as np
@@ -99,7 +100,8 @@ class PeerWatch:
   def done(self) -> None:
     """This process ended its run normally: the others no longer wait for its beats."""
     self.finished.set()
-    self.client.key_value_set(self._key('done', self.process), 'ok', allow_overwrite=True)
+    with contextlib.suppress(Exception):  # the run is over; a coordinator already gone is fine
+      self.client.key_value_set(self._key('done', self.process), 'ok', allow_overwrite=True)
 
   def failed(self, message: str) -> None:
     """Tells the others why this process stops, then gives them a moment to read it (process 0
@@ -185,6 +187,11 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   except Exception as e:  # jaxlib raises its runtime errors with pages of RPC detail
     with contextlib.suppress(Exception):  # else JAX's exit hook reports the failed join again
       jax.distributed.shutdown()
+    if auto and jax_distributed.global_state.client is None and None in explicit:
+      raise FerJaxError(
+          '--distributed found no cluster to join (JAX recognises Cloud TPU pod slices, SLURM, Open '
+          'MPI and a few more from their environment variables); run inside one, or give '
+          '--coordinator_address, --num_processes and --process_id.') from None
     detail = _shorten(' '.join(str(e).split())) or type(e).__name__
     where = coordinator_address or 'the address the cluster environment gives'
     raise FerJaxError(

@@ -4,6 +4,7 @@ expected calibration error and the temperature that minimises the negative log-l
 """
 import os
 
+from absl import logging
 import numpy as np
 
 from fer_jax import EMOTIONS, FerJaxError, faces, metrics
@@ -212,3 +213,15 @@ def format_report(report: dict, class_names: list[str]) -> str:
   lines += [f'{name[:8]:>8s} ' + ' '.join(f'{v:5d}' for v in row)
             for name, row in zip(class_names, report['confusion_matrix'])]
   return '\n'.join(lines)
+
+
+def load_named_evals(named_paths: list[tuple[str, str]],
+                     classes: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Each (name, path)'s default split (test, else validation) as (faces, labels indexed into
+  `classes`): the datasets of config.evals, scored every epoch under their names."""
+  extra = {}
+  for name, path in named_paths:
+    split = default_split(path)
+    extra[name] = load_eval_data(path, split, list(classes))
+    logging.info('evaluation %s: %d faces of %s (%s)', name, len(extra[name][1]), path, split)
+  return extra

@@ -33,6 +33,24 @@ def format_epoch(record: dict[str, Any]) -> str:
           f"({record['train_images_per_second']:.0f} img/s)")
 
 
+def log_outputs(workdir: str, epochs: int, best_score: float, best_epoch: int) -> None:
+  """The run's result and every file it left in the workdir, so nobody has to go looking."""
+  lines = []
+  for folder, subfolders, names in os.walk(workdir):
+    subfolders[:] = [] if os.path.basename(folder).isdigit() else sorted(subfolders)
+    relative = os.path.relpath(folder, workdir)
+    if os.path.basename(folder).isdigit():  # an Orbax step: one line, not its internals
+      lines.append(f'  {relative}/')
+    else:
+      lines += [f'  {os.path.join(relative, n) if relative != "." else n}' for n in sorted(names)
+                if not n.startswith('.')]  # the lock file is the run's, not an output
+  logging.info('%s: %d epochs, best validation accuracy %.4f at epoch %d; wrote\n%s\n'
+               'next: python -m fer_jax.evaluate --workdir %s --data <csv or folder>, '
+               'python -m fer_jax.predict --workdir %s <images>',
+               os.path.abspath(workdir), epochs, best_score, best_epoch,
+               '\n'.join(lines), workdir, workdir)
+
+
 class ProgressBar:
   """A one-line bar on a terminal; a log line every ~10 % elsewhere (CI logs, files)."""
 

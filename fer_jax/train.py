@@ -171,18 +171,6 @@ def summarize(sums: dict[str, Any]) -> tuple[float, float, float]:
           float(sums['correct']) / count)
 
 
-def load_extra_evals(config: ml_collections.ConfigDict,
-                     classes: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """config.evals ('name=path,...'): each dataset's default split (test, else validation) as
-  (faces, labels indexed into the run's classes), scored every epoch under its name."""
-  extra = {}
-  for name, path in config_checks.parse_evals(config.evals):
-    split = evaluation.default_split(path)
-    extra[name] = evaluation.load_eval_data(path, split, list(classes))
-    logging.info('evaluation %s: %d faces of %s (%s)', name, len(extra[name][1]), path, split)
-  return extra
-
-
 def _state_tree(state: TrainState) -> dict[str, Any]:
   tree = {'params': state.params, 'batch_stats': state.batch_stats, 'opt_state': state.opt_state,
           'step': state.step, 'rng': state.rng}
@@ -203,24 +191,6 @@ def saves_latest(epoch: int, config: ml_collections.ConfigDict, run: RunState) -
   """Every config.checkpoint_every_epochs epochs, and at the run's last epoch, early stop included."""
   return (epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs
           or run.should_stop(config.early_stopping_patience))
-
-
-def log_outputs(workdir: str, run: RunState) -> None:
-  """The run's result and every file it left in the workdir, so nobody has to go looking."""
-  lines = []
-  for folder, subfolders, names in os.walk(workdir):
-    subfolders[:] = [] if os.path.basename(folder).isdigit() else sorted(subfolders)
-    relative = os.path.relpath(folder, workdir)
-    if os.path.basename(folder).isdigit():  # an Orbax step: one line, not its internals
-      lines.append(f'  {relative}/')
-    else:
-      lines += [f'  {os.path.join(relative, n) if relative != "." else n}' for n in sorted(names)
-                if not n.startswith('.')]  # the lock file is the run's, not an output
-  logging.info('%s: %d epochs, best validation accuracy %.4f at epoch %d; wrote\n%s\n'
-               'next: python -m fer_jax.evaluate --workdir %s --data <csv or folder>, '
-               'python -m fer_jax.predict --workdir %s <images>',
-               os.path.abspath(workdir), run.epoch, run.best.best_score, run.best.best_epoch,
-               '\n'.join(lines), workdir, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -336,7 +306,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     p_train_steps, p_epoch_batches = make_train_functions(config, mesh, steps_per_epoch, weights)
     split_arrays = parallel.replicate({'image': train_split.images, 'label': train_split.labels}, mesh)
     p_eval_logits = parallel.data_parallel(eval_logits, mesh, donate_state=False)
-    extra_evals = load_extra_evals(config, classes)
+    extra_evals = evaluation.load_named_evals(config_checks.parse_evals(config.evals), classes)
     # Evaluation statistics re-measured on clean faces after every epoch (fer_jax.batchnorm).
     recalibration_faces = min(config.bn_recalibration_faces, len(train_split))
     recalibration_batch = min(config.eval_batch_size, recalibration_faces) or 1
@@ -438,7 +408,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     if primary and run.history:
       plots.learning_curves(run.history, os.path.join(workdir, 'learning_curves.png'))
     if primary:
-      log_outputs(workdir, run)
+      metrics.log_outputs(workdir, run.epoch, run.best.best_score, run.best.best_epoch)
     return state
   finally:  # Orbax's threads and files, and the event file, let go whatever happened
     checkpoints.close()

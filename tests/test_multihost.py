@@ -194,6 +194,7 @@ def test_processes_with_different_configs_or_an_indivisible_batch_are_refused(tm
     (['--num_processes=2', '--process_id=2', '--coordinator_address=127.0.0.1:1'],
      'error: --process_id=2 is outside 0..1 for --num_processes=2'),
     (['--num_processes=2'], 'error: a multi-process run needs all of --coordinator_address'),
+    (['--distributed'], 'error: --distributed found no cluster to join'),
     (['--num_processes=2', '--process_id=0', '--coordinator_address=localhost'],
      'error: --coordinator_address=localhost has no port'),
 ])
