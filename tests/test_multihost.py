@@ -131,38 +131,51 @@ GENERATED = ['--config.data.source=generated', '--config.data.generated_train_si
              '--config.data.generated_eval_size=32']
 
 
-@pytest.mark.parametrize('signal_name', ['SIGKILL', 'SIGTERM'])
-def test_a_stopped_process_stops_the_others_and_the_run_resumes(tmp_path, signal_name):
-  runs = start(tmp_path, 'run', 2, 2, GENERATED + ['--config.num_epochs=100', '--heartbeat_timeout=10'])
+def wait_for_epochs(runs: list[Process], workdir: pathlib.Path, epochs: int) -> None:
   deadline = time.monotonic() + 400
-  while not (tmp_path / 'run' / 'metrics.jsonl').exists() or not metrics.read_history(tmp_path / 'run'):
+  while not (workdir / 'metrics.jsonl').exists() or len(metrics.read_history(workdir)) < epochs:
     assert time.monotonic() < deadline and all(r.popen.poll() is None for r in runs), \
         [r.stderr[-2000:] for r in runs]
     time.sleep(0.5)
-  runs[1].popen.send_signal(getattr(signal, signal_name))
-  stopped_at = time.monotonic()
-  assert runs[0].wait(timeout=120) == 1
+
+
+def test_a_stopped_process_stops_the_others_and_the_run_resumes(tmp_path):
+  workdir = tmp_path / 'run'
   hint = ('start every process again with the same command to resume from the latest checkpoint '
-          f'in {tmp_path / "run"}.')
+          f'in {workdir}.')
+  args = GENERATED + ['--config.num_epochs=100', '--heartbeat_timeout=10']
+  # SIGTERM (a scheduler's stop): process 1 says why, and process 0 repeats it at once.
+  runs = start(tmp_path, 'run', 2, 2, args, 'term')
+  wait_for_epochs(runs, workdir, 1)
+  runs[1].popen.send_signal(signal.SIGTERM)
+  stopped_at = time.monotonic()
+  assert runs[0].wait(timeout=120) == 1 and runs[1].wait(timeout=60) == 1
+  assert time.monotonic() - stopped_at < 15
+  assert runs[1].last_line() == f'error: process 1 was interrupted; {hint}'
+  assert runs[0].last_line() == ('error: process 1 stopped, so process 0 stops too; its error: '
+                                 f'process 1 was interrupted; {hint}')
+  # Resumed by the same two processes; then process 1 is killed without a word (SIGKILL), and
+  # process 0 misses it (the peer watch, or the next collective first).
+  stopped = len(metrics.read_history(workdir))
+  runs = start(tmp_path, 'run', 2, 2, args, 'kill')
+  wait_for_epochs(runs, workdir, stopped + 1)
+  assert 'resumed from' in runs[0].stderr
+  runs[1].popen.send_signal(signal.SIGKILL)
+  killed_at = time.monotonic()
+  assert runs[0].wait(timeout=120) == 1
+  assert time.monotonic() - killed_at < 60
   last = runs[0].last_line()
-  if signal_name == 'SIGKILL':  # missed by the peer watch, or by the next collective first
-    assert time.monotonic() - stopped_at < 60
-    assert (last.startswith('error: process 1 has given no sign of life for 10 s') or
-            last.startswith('error: process 0 lost contact with the rest of the run')), last
-  else:  # process 1 says why it stops, and process 0 repeats it at once
-    assert time.monotonic() - stopped_at < 15
-    assert runs[1].wait(timeout=60) == 1
-    assert runs[1].last_line() == f'error: process 1 was interrupted; {hint}'
-    assert last == f'error: process 1 stopped, so process 0 stops too; its error: process 1 was interrupted; {hint}'
+  assert (last.startswith('error: process 1 has given no sign of life for 10 s') or
+          last.startswith('error: process 0 lost contact with the rest of the run')), last
   assert last.endswith(hint) and 'Traceback' not in runs[0].stderr
-  # The run resumes from its latest checkpoint, here in one process.
-  done = len(metrics.read_history(tmp_path / 'run'))
+  # And resumed by one ordinary process.
+  done = len(metrics.read_history(workdir))
   resumed = Process(tmp_path, 'resumed', ['--config', 'configs/smoke.py', '--workdir',
-                                          str(tmp_path / 'run'), '--config.progress_bar=false',
+                                          str(workdir), '--config.progress_bar=false',
                                           *GENERATED, f'--config.num_epochs={done + 1}'], devices=4)
   assert resumed.wait() == 0, resumed.last_line()
   assert 'resumed from' in resumed.stderr
-  assert len(metrics.read_history(tmp_path / 'run')) == done + 1
+  assert len(metrics.read_history(workdir)) == done + 1
 
 
 def test_processes_with_different_configs_or_an_indivisible_batch_are_refused(tmp_path):
