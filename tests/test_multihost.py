@@ -143,7 +143,10 @@ def test_a_stopped_process_stops_the_others_and_the_run_resumes(tmp_path):
   workdir = tmp_path / 'run'
   hint = ('start every process again with the same command to resume from the latest checkpoint '
           f'in {workdir}.')
-  args = GENERATED + ['--config.num_epochs=100', '--heartbeat_timeout=10']
+  # Two of the augmentation steps: this test is about faults, and the full pipeline's compilation
+  # would double its time.
+  args = GENERATED + ['--config.augment.steps=flip,noise', '--config.num_epochs=100',
+                      '--heartbeat_timeout=10']
   # SIGTERM (a scheduler's stop): process 1 says why, and process 0 repeats it at once.
   runs = start(tmp_path, 'run', 2, 2, args, 'term')
   wait_for_epochs(runs, workdir, 1)
@@ -172,7 +175,7 @@ def test_a_stopped_process_stops_the_others_and_the_run_resumes(tmp_path):
   done = len(metrics.read_history(workdir))
   resumed = Process(tmp_path, 'resumed', ['--config', 'configs/smoke.py', '--workdir',
                                           str(workdir), '--config.progress_bar=false',
-                                          *GENERATED, f'--config.num_epochs={done + 1}'], devices=4)
+                                          *args[:-2], f'--config.num_epochs={done + 1}'], devices=4)
   assert resumed.wait() == 0, resumed.last_line()
   assert 'resumed from' in resumed.stderr
   assert len(metrics.read_history(workdir)) == done + 1
