@@ -75,17 +75,23 @@ def test_config_checks_name_the_field():
     config_checks.validate(config)
 
 
+def state_and_batch(config, seed: int):
+  """A fresh train state for `config` and 8 random faces labelled 0..6, 0."""
+  model = models.create_model(config.model)
+  tx = optim.create_optimizer(config, optim.create_learning_rate_fns(config, 10))
+  state = train.create_train_state(jax.random.PRNGKey(0), model, tx)
+  rng = np.random.default_rng(seed)
+  batch = {'image': jnp.asarray(rng.integers(0, 256, (8, 48, 48, 1), dtype=np.uint8)),
+           'label': jnp.asarray(np.arange(8) % 7, jnp.int32)}
+  return state, batch
+
+
 def test_train_step_with_mixing_and_class_weights_uses_soft_weighted_targets():
   config = enhanced.get_config()
   config.backbone_lr = config.head_lr = 1e-3
   config.augment.steps = ''
   config.mixup_alpha, config.cutmix_alpha = 0.4, 1.0
-  model = models.create_model(config.model)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fns(config, 10))
-  state = train.create_train_state(jax.random.PRNGKey(0), model, tx)
-  rng = np.random.default_rng(0)
-  batch = {'image': jnp.asarray(rng.integers(0, 256, (8, 48, 48, 1), dtype=np.uint8)),
-           'label': jnp.asarray(np.arange(8) % 7, jnp.int32)}
+  state, batch = state_and_batch(config, seed=0)
   augment_fn = augment.make_train_augment(config.augment, 10)
   weights = jnp.asarray(np.linspace(0.5, 2.0, 7), jnp.float32)
   step = jax.jit(functools.partial(train.train_step, augment_fn=augment_fn,
@@ -105,13 +111,7 @@ def test_train_step_with_mixing_and_class_weights_uses_soft_weighted_targets():
 def test_class_weights_scale_each_face_loss_in_the_train_step():
   config = enhanced.get_config()
   config.augment.steps = ''
-  model = models.create_model(config.model)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fns(config, 10))
-  state = train.create_train_state(jax.random.PRNGKey(0), model, tx)
-  rng = np.random.default_rng(1)
-  labels = np.arange(8) % 7
-  batch = {'image': jnp.asarray(rng.integers(0, 256, (8, 48, 48, 1), dtype=np.uint8)),
-           'label': jnp.asarray(labels, jnp.int32)}
+  state, batch = state_and_batch(config, seed=1)
   augment_fn = augment.make_train_augment(config.augment, 10)
 
   def loss_sum(class_weights):
@@ -165,12 +165,7 @@ def test_the_train_loss_logged_is_plain_cross_entropy_whatever_the_objective():
   objective. Label smoothing changes the second only: the logits are the same."""
   config = enhanced.get_config()
   config.augment.steps = ''
-  model = models.create_model(config.model)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fns(config, 10))
-  state = train.create_train_state(jax.random.PRNGKey(0), model, tx)
-  rng = np.random.default_rng(2)
-  batch = {'image': jnp.asarray(rng.integers(0, 256, (8, 48, 48, 1), dtype=np.uint8)),
-           'label': jnp.asarray(np.arange(8) % 7, jnp.int32)}
+  state, batch = state_and_batch(config, seed=2)
   augment_fn = augment.make_train_augment(config.augment, 10)
   plain = jax.jit(functools.partial(train.train_step, augment_fn=augment_fn))(state, batch)[1]
   smoothed = jax.jit(functools.partial(train.train_step, augment_fn=augment_fn,
