@@ -252,8 +252,9 @@ def scaling_worker(spec: str, batch_size: int, steps: int) -> None:
   processes, port, process_id = (int(part) for part in spec.split(':'))
   watch = None
   if processes > 1:
-    watch = distributed.initialize(f'127.0.0.1:{port}', processes, process_id, False, 120, 30,
-                                   'run the benchmark again.')
+    watch = distributed.initialize(f'127.0.0.1:{port}', processes, process_id, auto=False,
+                                   initialization_timeout=120, heartbeat_timeout=30,
+                                   resume_hint='run the benchmark again.')
   import contextlib
   import jax
   with distributed.stop_together(watch) if watch else contextlib.nullcontext():
@@ -264,12 +265,26 @@ def scaling_worker(spec: str, batch_size: int, steps: int) -> None:
                         'images_per_s': figures['images_per_s']}))
 
 
-def run_scaling(layouts: list[str], batch_size: int, steps: int) -> list[dict[str, Any]]:
-  """Each PROCESSESxDEVICES layout in its own fresh processes, with forced CPU devices."""
+def parse_layouts(layouts: list[str]) -> list[tuple[str, int, int]]:
+  """--scaling's PROCESSESxDEVICES layouts as (layout, processes, devices), checked before any
+  timing starts."""
+  parsed = []
+  for layout in layouts:
+    try:
+      processes, devices = (int(part) for part in layout.lower().split('x'))
+    except ValueError:
+      raise SystemExit(f'error: --scaling names {layout!r}; give PROCESSESxDEVICES layouts such '
+                       'as 1x1,1x2,2x1.') from None
+    parsed.append((layout, processes, devices))
+  return parsed
+
+
+def run_scaling(layouts: list[tuple[str, int, int]], batch_size: int,
+                steps: int) -> list[dict[str, Any]]:
+  """Each layout in its own fresh processes, with forced CPU devices."""
   import socket
   rows = []
-  for layout in layouts:
-    processes, devices = (int(part) for part in layout.lower().split('x'))
+  for layout, processes, devices in layouts:
     with socket.socket() as probe:
       probe.bind(('127.0.0.1', 0))
       port = probe.getsockname()[1]
@@ -280,9 +295,10 @@ def run_scaling(layouts: list[str], batch_size: int, steps: int) -> list[dict[st
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(processes)]
     outputs = [worker.communicate() for worker in workers]
-    if any(worker.returncode for worker in workers):
-      raise SystemExit(f'error: the {layout} scaling run failed: '
-                       f'{next(err for (_, err), w in zip(outputs, workers) if w.returncode).strip().splitlines()[-1]}')
+    failed = [err.strip() for (_, err), worker in zip(outputs, workers) if worker.returncode]
+    if failed:
+      last_line = failed[0].splitlines()[-1] if failed[0] else 'no message'
+      raise SystemExit(f'error: the {layout} scaling run failed: {last_line}')
     rows.append({'layout': layout, **json.loads(outputs[0][0].strip().splitlines()[-1])})
   return rows
 
@@ -299,6 +315,7 @@ def main(argv: list[str]) -> None:
     scaling_worker(FLAGS.scaling_worker, FLAGS.scaling_batch, FLAGS.steps)
     return
   import jax
+  layouts = parse_layouts(FLAGS.scaling)
   train_sizes = [int(b) for b in FLAGS.train_batch_sizes]
   infer_sizes = [int(b) for b in FLAGS.infer_batch_sizes]
   images, labels, source = load_faces(FLAGS.data, max(train_sizes + infer_sizes))
@@ -316,7 +333,7 @@ def main(argv: list[str]) -> None:
   report['epoch'] = [bench.epoch(int(float(f) * epoch_faces), int(k))
                      for f in FLAGS.epoch_fractions for k in FLAGS.steps_per_call]
   report['peak_rss_mb'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-  report['scaling'] = run_scaling(FLAGS.scaling, FLAGS.scaling_batch, FLAGS.steps)
+  report['scaling'] = run_scaling(layouts, FLAGS.scaling_batch, FLAGS.steps)
 
   torch_figures: dict[str, Any] = {}
   if FLAGS.torch_dir:

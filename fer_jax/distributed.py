@@ -172,7 +172,8 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     raise FerJaxError(f'--coordinator_address={coordinator_address} has no port; use HOST:PORT, '
                       'the address of process 0 and a free port, e.g. 10.0.0.1:1234.')
   if heartbeat_timeout < 2:
-    raise FerJaxError(f'--heartbeat_timeout={heartbeat_timeout} is too short; use 10 s or more.')
+    raise FerJaxError(f'--heartbeat_timeout={heartbeat_timeout} is shorter than two beats (one a '
+                      'second); use 10 s or more.')
   if coordinator_address is not None and process_id:
     _wait_for_coordinator(coordinator_address, process_id, initialization_timeout)
   elif coordinator_address is not None and process_id == 0:
@@ -294,18 +295,22 @@ def check_same_config(config_json: str) -> None:
                         'the same --config file and --config.* overrides.')
 
 
-def check_same_data(name: str, images: np.ndarray, labels: np.ndarray) -> None:
-  """Refuses a run whose processes loaded different faces for a split: each process gathers its
-  batches from its own copy, so they must agree face for face."""
+def check_same_data(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+  """Refuses a run whose processes loaded different faces for a split ({name: (images, labels)}):
+  each process gathers its batches from its own copy, so they must agree face for face."""
   import jax
   if jax.process_count() == 1:
     return
-  digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-  digest.update(np.ascontiguousarray(labels).tobytes())
-  fingerprints = _gather_text(f'{len(labels)} {digest.hexdigest()[:16]}')
-  for process, fingerprint in enumerate(fingerprints[1:], start=1):
-    if fingerprint != fingerprints[0]:
-      raise FerJaxError(f'process {process} loaded a different {name} split from process 0 '
-                        f'({fingerprint.split()[0]} faces vs {fingerprints[0].split()[0]}, or the '
-                        'same count with other faces); give every process the same dataset file '
-                        '(FER2013_PATH or config.data.*).')
+  fingerprints = {}
+  for name, (images, labels) in splits.items():
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(labels).tobytes())
+    fingerprints[name] = (len(labels), digest.hexdigest()[:16])
+  gathered = [json.loads(text) for text in _gather_text(json.dumps(fingerprints))]
+  for process, theirs in enumerate(gathered[1:], start=1):
+    for name, (count, digest) in theirs.items():
+      if [count, digest] != gathered[0][name]:
+        raise FerJaxError(f'process {process} loaded a different {name} split from process 0 '
+                          f'({count} faces vs {gathered[0][name][0]}, or the same count with other '
+                          'faces); give every process the same dataset file (FER2013_PATH or '
+                          'config.data.*).')

@@ -252,8 +252,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
   train_split = data.load_split(config.data, config.data.train_split, config.data.max_train_examples)
   eval_split = data.load_split(config.data, config.data.eval_split, config.data.max_eval_examples)
-  distributed.check_same_data('train', train_split.images, train_split.labels)
-  distributed.check_same_data('eval', eval_split.images, eval_split.labels)
+  distributed.check_same_data({'train': (train_split.images, train_split.labels),
+                               'eval': (eval_split.images, eval_split.labels)})
   classes = train_split.classes  # the class list comes from the data
   if eval_split.classes != classes:
     raise FerJaxError(f'the {train_split.name} split has classes {", ".join(classes)} but the '

@@ -57,3 +57,11 @@ def test_fast_cpu_flag_changes_no_result(tmp_path):
       continue
     fast, default = outputs['1'][name], outputs['0'][name]
     assert np.linalg.norm(fast - default) <= 1e-2 * np.linalg.norm(default), name
+
+
+def test_a_bad_scaling_layout_is_one_sentence_before_any_timing():
+  result = subprocess.run([sys.executable, '-m', 'fer_jax.bench', '--scaling=1x1,2by1'],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+  assert result.returncode == 1
+  assert result.stderr.strip() == ("error: --scaling names '2by1'; give PROCESSESxDEVICES layouts "
+                                   'such as 1x1,1x2,2x1.')

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -103,7 +104,7 @@ def test_two_processes_train_as_one_and_the_run_resumes_in_one(real_faces, tmp_p
   params_two, _ = checkpoint.load_for_inference(str(tmp_path / 'two'), 'latest')
   params_one, _ = checkpoint.load_for_inference(str(tmp_path / 'one'), 'latest')
   for name in ('params', 'batch_stats'):
-    for a, b in zip(*(jax_leaves(p[name]) for p in (params_two, params_one))):
+    for a, b in zip(*(jax.tree_util.tree_leaves(p[name]) for p in (params_two, params_one))):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   # Process 0 logs and writes the run's files; process 1 says one line.
   assert 'epoch   2' in runs[0].stderr and 'epoch   2' not in runs[1].stderr
@@ -120,11 +121,6 @@ def test_two_processes_train_as_one_and_the_run_resumes_in_one(real_faces, tmp_p
   history = metrics.read_history(tmp_path / 'two')
   assert history[:2] == two and history[2]['epoch'] == 3
   assert history[2]['step'] == 3 * two[0]['step']
-
-
-def jax_leaves(tree):
-  import jax
-  return jax.tree_util.tree_leaves(tree)
 
 
 GENERATED = ['--config.data.source=generated', '--config.data.generated_train_size=64',
