@@ -124,11 +124,11 @@ def _wait_for_coordinator(address: str, process_id: int, timeout: float) -> None
     try:
       with socket.create_connection((host.strip('[]'), int(port)), timeout=2):
         return
-    except (OSError, ValueError) as e:
+    except OSError as e:
       if time.monotonic() > deadline:
         raise FerJaxError(
             f'process {process_id} could not reach the coordinator at {address} within '
-            f'{timeout:.0f} s ({e.strerror if isinstance(e, OSError) and e.strerror else e}); '
+            f'{timeout:.0f} s ({e.strerror or e}); '
             'start process 0 (it hosts the coordinator), check that this address and port reach '
             'it from here, or wait longer with --initialization_timeout.') from None
       time.sleep(0.5)
@@ -140,8 +140,6 @@ def _check_port_free(address: str) -> None:
   with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
     try:
       probe.bind(('', int(port)))
-    except ValueError:
-      raise FerJaxError(f'--coordinator_address={address}: {port!r} is not a port number.') from None
     except OSError as e:
       raise FerJaxError(f'process 0 cannot host the coordinator on port {port} ({e.strerror}); '
                         'another program (perhaps another run) uses it: pick a free port for '
@@ -168,7 +166,7 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     raise FerJaxError(f'--process_id={process_id} is outside 0..{num_processes - 1} for '
                       f'--num_processes={num_processes}; number the processes 0 to '
                       f'{num_processes - 1}, one each.')
-  if coordinator_address is not None and ':' not in coordinator_address:
+  if coordinator_address is not None and not coordinator_address.rsplit(':', 1)[-1].isdigit():
     raise FerJaxError(f'--coordinator_address={coordinator_address} has no port; use HOST:PORT, '
                       'the address of process 0 and a free port, e.g. 10.0.0.1:1234.')
   if heartbeat_timeout < 2:

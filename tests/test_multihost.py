@@ -209,6 +209,8 @@ def test_processes_with_different_configs_or_an_indivisible_batch_are_refused(tm
     (['--distributed'], 'error: --distributed found no cluster to join'),
     (['--num_processes=2', '--process_id=0', '--coordinator_address=localhost'],
      'error: --coordinator_address=localhost has no port'),
+    (['--num_processes=2', '--process_id=1', '--coordinator_address=localhost:http'],
+     'error: --coordinator_address=localhost:http has no port'),
 ])
 def test_bad_process_flags_are_one_sentence(tmp_path, flags, message):
   run = Process(tmp_path, 'bad', ['--config', 'configs/smoke.py', '--workdir',
