@@ -60,7 +60,8 @@ def _pixels(value='7'):
 BAD_ROWS = [
     ('emotion,pixels,Usage\n9,{p},Training\n', r'line 2: field "emotion" is \'9\', but it must be an integer label 0-6'),
     ('emotion,pixels,Usage\n3,{p},Training\n3,1 2 3,Training\n', r'line 3: field "pixels" holds 3 values, but a 48x48 face needs 2304'),
-    ('emotion,pixels,Usage\n3,{pbad},Training\n', r'line 2: field "pixels" has the value \'x1\', but pixels must be integers 0-255'),
+    ('emotion,pixels,Usage\n3,{pbad},Training\n', r'line 2: field "pixels" has the value \'x1\' at position 1, but pixels must be integers 0-255'),
+    ('emotion,pixels,Usage\n3,{p},Training\n\n3,,Training\n', r'line 4: field "pixels" is empty, but a 48x48 face needs 2304 values'),
     ('emotion,pixels,Usage\n3,{p},Training\n3,{p300},Training\n', r'line 3: field "pixels" has the value \'300\''),
     ('emotion,pixels,Usage\n3,{p},Validation\n', r'line 2: field "Usage" is \'Validation\', but it must be one of Training, PublicTest, PrivateTest'),
     ('emotion,pixels\n3,{p}\n', r"line 1: the header is 'emotion,pixels', but FER2013 needs 'emotion,pixels,Usage'"),
