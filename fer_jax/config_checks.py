@@ -78,8 +78,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def warn_about_recipe(config: ml_collections.ConfigDict) -> None:
-  """Says at start when a recipe is known not to learn, with the override that does."""
-  if 0 < config.backbone_lr * 10 <= config.head_lr and not config.model.pretrained_weights:
+  """Says at start when a recipe is known not to learn, with the override that does. A backbone
+  from ImageNet weights or config.init_from is not random, so a low rate is what it wants."""
+  if (0 < config.backbone_lr * 10 <= config.head_lr and not config.model.pretrained_weights
+      and not config.init_from):
     logging.warning(
         'config.backbone_lr=%g is for pretrained backbones: a randomly initialised one hardly moves '
         'at this rate, and the model stays near the majority class (about 25 %% PublicTest accuracy '

@@ -174,3 +174,17 @@ def test_the_training_command_on_an_image_folder_and_on_the_arrays_file(tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
   assert Predictor.from_workdir(str(tmp_path / 'folder')).labels == ['happy', 'sad']
   assert len(Predictor.from_workdir(str(tmp_path / 'arrays')).labels) == 7
+
+
+@pytest.mark.parametrize('init_from,warns', [('pretrained', False), ('', True)])
+def test_the_low_backbone_rate_warning_is_for_random_backbones_only(caplog, init_from, warns):
+  """configs/finetune.py starts from the shipped weights: its 1e-4 backbone is no recipe fault."""
+  from configs import finetune
+  config = finetune.get_config()
+  config.init_from = init_from
+  with caplog.at_level('WARNING'):
+    config_checks.warn_about_recipe(config)
+  warned = [r.getMessage() for r in caplog.records if 'backbone_lr' in r.getMessage()]
+  assert bool(warned) == warns, warned
+  if warns:
+    assert 'add --config.backbone_lr=0.001 to train it from scratch' in warned[0]
