@@ -1,6 +1,7 @@
 """Video: a clip the test writes itself (the astronaut moving across a grey frame), read frame by
-frame; each sampled frame's row is what predict gives for that frame, one track follows the face,
-smoothing follows its recurrence, and bad videos are one line each."""
+frame; each sampled frame's row is what predict gives for that frame, one track follows the face
+(also across `--every` gaps and missed frames, and two faces side by side stay two), smoothing
+follows its recurrence, bad videos are one line each, and a cut video keeps its rows but fails."""
 import json
 import os
 import subprocess
@@ -26,6 +27,22 @@ def clip(tmp_path_factory) -> str:
   for i in range(8):
     frame = np.full((320, 480, 3), 90, np.uint8)
     frame[32:288, 20 + 25 * i:276 + 25 * i] = face
+    writer.write(frame)
+  writer.release()
+  return path
+
+
+@pytest.fixture(scope='module')
+def moving_avi(tmp_path_factory) -> str:
+  """60 MJPG frames of a face (a ~48 px box) moving 8 px a frame: 32 px, 2/3 of a box, between
+  samples at --every 4, where box overlap (IoU 0.2) lost the face."""
+  path = str(tmp_path_factory.mktemp('video') / 'moving.avi')
+  face = cv2.resize(cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)[20:260, 110:350],
+                    (120, 120), interpolation=cv2.INTER_AREA)
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'MJPG'), 25, (640, 480))
+  for i in range(60):
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[180:300, 20 + 8 * i:140 + 8 * i] = face
     writer.write(frame)
   writer.release()
   return path
@@ -98,3 +115,110 @@ def test_bad_sampling_and_smoothing_values_are_refused(clip, predictor):
     list(video.predict_video(predictor, clip, every=0))
   with pytest.raises(FerJaxError, match=r'--smooth=1.5 is out of range'):
     list(video.predict_video(predictor, clip, smooth=1.5))
+
+
+def _predict_cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', 'fer_jax.predict', '--pretrained', '--tta', 'none',
+                         *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_a_cut_video_keeps_its_rows_then_fails_in_one_line(tmp_path, moving_avi):
+  cut = tmp_path / 'cut.avi'
+  data = open(moving_avi, 'rb').read()
+  cut.write_bytes(data[:len(data) * 4 // 10])
+  decoded = len(_decoded(str(cut)))
+  stated = int(cv2.VideoCapture(str(cut)).get(cv2.CAP_PROP_FRAME_COUNT))
+  assert (decoded, stated) == (24, 60)  # what OpenCV makes of the first 40 % of the bytes
+  out = _predict_cli('--json', '--annotate', str(tmp_path / 'annotated.mp4'), str(cut))
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  rows = [json.loads(line) for line in out.stdout.splitlines()]
+  assert [r['frame'] for r in rows] == list(range(decoded))  # every decoded frame kept its row
+  errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
+  assert errors == [f'error: {cut}: decoded 24 of the 60 frames its container states, so the video '
+                    'is truncated or damaged and its rows cover only the first 0.96 s of 2.40 s; '
+                    're-download or re-encode it to classify the rest.'], out.stderr[-2000:]
+  assert len(_decoded(str(tmp_path / 'annotated.mp4'))) == decoded  # written and closed
+
+
+def test_one_face_keeps_one_track_under_sampling_and_a_whole_video_passes(moving_avi):
+  out = _predict_cli('--every', '4', '--json', moving_avi)
+  assert out.returncode == 0 and 'frames its container states' not in out.stderr, out.stderr[-2000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines()]
+  assert [r['frame'] for r in rows] == list(range(0, 60, 4))
+  assert {r['track'] for r in rows} == {0}
+  assert rows[-1]['box'][0] - rows[0]['box'][0] > 8 * rows[0]['box'][2]  # it crossed the frame
+
+
+def _ids(tracker: video.Tracker, samples: list[tuple[int, list]]) -> list[list[int]]:
+  """Track ids of each (frame, boxes) sample's boxes, in their order."""
+  uniform = np.full((1, 7), 1 / 7)
+  return [[t.id for t in tracker.update(boxes, np.repeat(uniform, len(boxes), 0), frame)]
+          for frame, boxes in samples]
+
+
+def test_a_fast_face_sampled_every_4th_frame_keeps_its_track():
+  # 12 px a frame: 48 px between samples, 0.6 of its 80 px box (IoU 0.25).
+  samples = [(f, [(100 + 12 * f, 200, 80, 80)]) for f in range(0, 80, 4)]
+  assert _ids(video.Tracker(), samples) == [[0]] * 20
+
+
+def test_reach_is_0_6_box_sizes_a_frame_from_the_predicted_centre_at_most_2():
+  box = lambda x: [(x, 200, 80, 80)]  # noqa: E731
+  # 40 px (0.5 box) keeps the id; 40 px a frame is then predicted, and 56 px (0.7) beyond loses it.
+  assert _ids(video.Tracker(), [(0, box(100)), (1, box(140)), (2, box(236))]) == [[0], [0], [1]]
+  # 10 frames later a face may have moved 2 box sizes (not 6), from where it stood or was going.
+  assert _ids(video.Tracker(), [(0, box(100)), (10, box(260))]) == [[0], [0]]
+  assert _ids(video.Tracker(), [(0, box(100)), (10, box(270))]) == [[0], [1]]
+
+
+def test_a_missed_face_keeps_its_track_for_15_frames_not_longer():
+  samples = [(f, [(100 + 12 * f, 200, 80, 80)]) for f in (0, 4, 8, 20, 24, 40)]
+  # missed at 12 and 16 (12 frames), then at 28, 32 and 36 (16 frames: the track ended)
+  assert _ids(video.Tracker(), samples) == [[0], [0], [0], [0], [0], [1]]
+
+
+def test_two_faces_side_by_side_keep_two_tracks():
+  samples = []
+  for f in range(0, 80, 4):
+    left, right = (100 + 12 * f, 200, 80, 80), (190 + 12 * f, 200, 80, 80)  # 10 px apart
+    boxes = [left] if f == 40 else [right, left] if f % 8 else [left, right]
+    samples.append((f, boxes))
+  ids = _ids(video.Tracker(), samples)
+  for (f, boxes), frame_ids in zip(samples, ids):
+    assert frame_ids == [0 if b[0] < 100 + 12 * f + 40 else 1 for b in boxes], (f, frame_ids)
+
+
+class _FailingCapture:
+  """Three frames, then the decoder raises, as OpenCV can on a damaged stream."""
+
+  def __init__(self):
+    self.left = 3
+
+  def get(self, prop):
+    return 10.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+  def read(self):
+    if not self.left:
+      raise cv2.error('broken bitstream')
+    self.left -= 1
+    return True, np.zeros((8, 8, 3), np.uint8)
+
+  def grab(self):
+    return self.read()[0]
+
+
+def test_a_decoder_error_ends_the_frames_and_is_recorded():
+  decoding = video.Decoding()
+  assert [i for i, _, _ in video.frames(_FailingCapture(), 2, decoding)] == [0, 2]
+  assert decoding.decoded == 3 and 'broken bitstream' in decoding.error
+  assert video.shortfall('camera 0', 3, 0, 10.0, decoding.error).startswith(
+      'camera 0: decoding failed after 3 frames (')
+
+
+def test_a_count_off_by_1_frame_or_1_percent_is_no_shortfall():
+  assert video.shortfall('a.webm', 59, 60, 30.0) is None
+  assert video.shortfall('a.mkv', 990, 1000, 30.0) is None
+  assert video.shortfall('a.mpg', 300, 296, 30.0) is None  # MPEG streams' counts are estimates
+  assert video.shortfall('camera 0', 500, 0, 30.0) is None  # no count, no error
+  assert video.shortfall('a.avi', 58, 60, 30.0).startswith('a.avi: decoded 58 of the 60 frames')
+  assert video.shortfall('a.mkv', 989, 1000, 30.0).startswith('a.mkv: decoded 989 of the 1000')
