@@ -13,6 +13,7 @@ train step on processes x devices (fer_jax.distributed over 127.0.0.1 for more t
 on one CPU a smoke test of that machinery, not a speed-up). Absolute figures move 10-15 %
 between runs on a shared CPU; compare the ratios from one run.
 """
+import importlib.util
 import json
 import os
 import resource
@@ -23,9 +24,10 @@ from typing import Any, Callable
 
 from absl import flags
 
-from fer_jax import cli
+from fer_jax import FerJaxError, cli
 
 FLAGS = flags.FLAGS
+TORCH_SCRIPTS = ('torch_reference.py', 'torch_seed_pipeline.py')  # what --torch_dir holds
 
 
 def define_flags() -> None:
@@ -76,7 +78,10 @@ def load_faces(path: str, minimum: int) -> tuple[Any, Any, str]:
   from fer_jax import data
   if path:
     from fer_jax.data.csv import read_fer2013_csv
-    images, labels = read_fer2013_csv(path)['Training']
+    by_usage = read_fer2013_csv(path)
+    if 'Training' not in by_usage:
+      raise FerJaxError(f'--data={path} has no Training rows to time; pass the full FER2013 CSV.')
+    images, labels = by_usage['Training']
     return images, labels, f'{len(images)} Training faces of {path}'
   images, labels = data.generated_faces(max(minimum, 512), seed=0)
   return images, labels.astype(np.int32), f'{len(images)} generated faces'
@@ -229,12 +234,29 @@ class FerJaxBench:
             'compile_seconds': round(compile_seconds, 2), 'images_per_s': timed / seconds}
 
 
-def run_torch(script: str, args: list[str]) -> dict[str, Any] | None:
+def check_torch_dir(torch_dir: str, with_pipeline: bool) -> None:
+  """Before any timing, so a wrong folder or no torch is one sentence, not n/a columns (or a
+  failure) after the whole JAX part; torch_seed_pipeline.py and torchvision serve --data only."""
+  if not torch_dir:
+    return
+  if not os.path.isdir(torch_dir):
+    raise FerJaxError(f'--torch_dir={torch_dir} is not a folder; pass the folder holding '
+                      f'{" and ".join(TORCH_SCRIPTS)}, or run without --torch_dir.')
+  missing = [name for name in TORCH_SCRIPTS[:1 + with_pipeline]
+             if not os.path.isfile(os.path.join(torch_dir, name))]
+  if missing:
+    raise FerJaxError(f'--torch_dir={torch_dir} has no {" and no ".join(missing)}; pass the folder '
+                      'holding the PyTorch baseline scripts, or run without --torch_dir.')
+  absent = [name for name in ('torch', 'torchvision')[:1 + with_pipeline]
+            if importlib.util.find_spec(name) is None]  # looked up, not imported
+  if absent:
+    raise FerJaxError(f'--torch_dir needs {" and ".join(absent)}, which this Python '
+                      f'({sys.executable}) lacks; pip install "fer_jax[bench]", or run without '
+                      '--torch_dir.')
+
+
+def run_torch(script: str, args: list[str]) -> dict[str, Any]:
   """One PyTorch script as a subprocess; its JSON line plus the peak RSS of PyTorch's processes."""
-  try:
-    import torch  # noqa: F401
-  except ImportError:
-    return None
   script = os.path.abspath(script)
   result = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                           cwd=os.path.dirname(script))
@@ -314,8 +336,9 @@ def main(argv: list[str]) -> None:
   if FLAGS.scaling_worker:
     scaling_worker(FLAGS.scaling_worker, FLAGS.scaling_batch, FLAGS.steps)
     return
-  import jax
   layouts = parse_layouts(FLAGS.scaling)
+  check_torch_dir(FLAGS.torch_dir, with_pipeline=bool(FLAGS.data))
+  import jax
   train_sizes = [int(b) for b in FLAGS.train_batch_sizes]
   infer_sizes = [int(b) for b in FLAGS.infer_batch_sizes]
   images, labels, source = load_faces(FLAGS.data, max(train_sizes + infer_sizes))
@@ -337,12 +360,12 @@ def main(argv: list[str]) -> None:
 
   torch_figures: dict[str, Any] = {}
   if FLAGS.torch_dir:
-    reference = os.path.join(FLAGS.torch_dir, 'torch_reference.py')
+    reference = os.path.join(FLAGS.torch_dir, TORCH_SCRIPTS[0])
     for b in sorted(set(train_sizes + infer_sizes)):
       torch_figures[b] = run_torch(reference, ['--batch-size', str(b), '--steps', str(FLAGS.steps)])
     if FLAGS.data:
       torch_figures['pipeline'] = run_torch(
-          os.path.join(FLAGS.torch_dir, 'torch_seed_pipeline.py'),
+          os.path.join(FLAGS.torch_dir, TORCH_SCRIPTS[1]),
           ['--data', os.path.abspath(FLAGS.data), '--batches', str(FLAGS.torch_batches)])
   report['pytorch'] = torch_figures
 

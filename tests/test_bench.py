@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import REPO
 
@@ -65,3 +66,49 @@ def test_a_bad_scaling_layout_is_one_sentence_before_any_timing():
   assert result.returncode == 1
   assert result.stderr.strip() == ("error: --scaling names '2by1'; give PROCESSESxDEVICES layouts "
                                    'such as 1x1,1x2,2x1.')
+
+
+def _bench(*flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', 'fer_jax.bench', *flags], capture_output=True,
+                        text=True, cwd=REPO, timeout=60)  # the default timing takes minutes
+
+
+def test_a_torch_dir_that_cannot_run_is_one_sentence_before_any_timing(tmp_path):
+  result = _bench('--torch_dir=/no/such/dir', f'--json_out={tmp_path / "bench.json"}')
+  assert result.returncode == 1 and result.stdout == ''
+  assert result.stderr.strip() == ('error: --torch_dir=/no/such/dir is not a folder; pass the '
+                                   'folder holding torch_reference.py and torch_seed_pipeline.py, '
+                                   'or run without --torch_dir.')
+  assert not (tmp_path / 'bench.json').exists()
+  result = _bench(f'--torch_dir={tmp_path}')
+  assert result.returncode == 1
+  assert result.stderr.strip() == (f'error: --torch_dir={tmp_path} has no torch_reference.py; pass '
+                                   'the folder holding the PyTorch baseline scripts, or run without '
+                                   '--torch_dir.')
+  (tmp_path / 'torch_reference.py').write_text('')
+  result = _bench(f'--torch_dir={tmp_path}', f'--data={tmp_path / "faces.csv"}')  # + the pipeline
+  assert result.returncode == 1
+  assert result.stderr.strip().startswith(f'error: --torch_dir={tmp_path} has no '
+                                          'torch_seed_pipeline.py; ')
+
+
+def test_torch_missing_says_how_to_install_it_before_any_timing(tmp_path):
+  import importlib.util
+  if importlib.util.find_spec('torch') is not None:
+    pytest.skip('torch is installed here; the missing-torch sentence cannot show')
+  for name in ('torch_reference.py', 'torch_seed_pipeline.py'):
+    (tmp_path / name).write_text('')
+  result = _bench(f'--torch_dir={tmp_path}')
+  assert result.returncode == 1 and result.stdout == ''
+  assert result.stderr.strip() == (f'error: --torch_dir needs torch, which this Python '
+                                   f'({sys.executable}) lacks; pip install "fer_jax[bench]", or run '
+                                   'without --torch_dir.')
+
+
+def test_data_without_training_rows_is_one_sentence_before_any_timing(tmp_path):
+  from tests.conftest import random_rows, write_csv
+  path = write_csv(tmp_path / 'private.csv', random_rows(2, usages=('PrivateTest',)))
+  result = _bench(f'--data={path}')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: --data={path} has no Training rows to time; pass the full FER2013 CSV.')
