@@ -6,3 +6,18 @@ LABEL_MAP: dict[int, str] = dict(enumerate(EMOTIONS))
 
 class FerJaxError(ValueError):
   """An error in the user's input or config; its message says what to change."""
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM delivered as an interrupt (fer_jax.cli installs the handler), so that the same
+  clean-up runs as for Ctrl-C."""
+
+
+class Interrupted(FerJaxError):
+  """A command stopped by SIGINT (Ctrl-C) or SIGTERM; its message says what was saved and how to
+  go on. `exit_status` is 130 or 143 (128 + the signal's number, as shells report)."""
+
+  def __init__(self, message: str, stop: KeyboardInterrupt):
+    self.signal_name = 'SIGTERM' if isinstance(stop, Terminated) else 'SIGINT (Ctrl-C)'
+    super().__init__(f'interrupted by {self.signal_name}: {message}')
+    self.exit_status = 143 if isinstance(stop, Terminated) else 130

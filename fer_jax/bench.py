@@ -338,6 +338,8 @@ def main(argv: list[str]) -> None:
     return
   layouts = parse_layouts(FLAGS.scaling)
   check_torch_dir(FLAGS.torch_dir, with_pipeline=bool(FLAGS.data))
+  if FLAGS.json_out:
+    cli.prepare_output(FLAGS.json_out, '--json_out')
   import jax
   train_sizes = [int(b) for b in FLAGS.train_batch_sizes]
   infer_sizes = [int(b) for b in FLAGS.infer_batch_sizes]

@@ -123,6 +123,27 @@ class Checkpoints:
       manager.close()
 
 
+def committed_steps(workdir: str, kind: str) -> list[int]:
+  """The steps of `kind` whose saves completed (Orbax renames a step's folder to its number last)."""
+  folder = os.path.join(workdir, 'checkpoints', kind)
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(int(name) for name in names if name.isdigit())
+
+
+def what_was_saved(workdir: str, steps: dict[str, list[int]], removed: bool) -> str:
+  """For a run that stopped early: which checkpoint is there to go on from, and how."""
+  if steps[LATEST]:
+    return (f'the latest checkpoint (step {steps[LATEST][-1]}) is in {workdir}; rerun the same '
+            'command to resume from it.')
+  if steps[BEST]:
+    return (f'only the best checkpoint (step {steps[BEST][-1]}) was saved in {workdir}, none to '
+            'resume from yet; rerun the same command to start again, or evaluate that one with '
+            '--checkpoint best.')
+  return ('nothing was saved before the first checkpoint'
+          + (f', and the new workdir {workdir} was removed' if removed else '')
+          + '; rerun the same command to start again.')
+
+
 def prepare_workdir(workdir: str) -> bool:
   """Creates the workdir and proves it writable before any data is read; True when it is new
   (so a start that fails can remove it again)."""

@@ -3,16 +3,25 @@
 Commands define their flags at import time with nothing heavier than absl, and import JAX inside
 `main`, so `--help` answers at once. `run` then gives every command the same manners: `--help`
 prints and exits 0, the fast-CPU XLA flag is set before the JAX backend starts, library chatter
-stays out of the log, and a `FerJaxError` ends the command with its one sentence and exit status 1.
+stays out of the log, and every failure is one `error:` line on stderr with an exit status:
+
+  0    done
+  1    an input, the data or the run failed (FerJaxError: the sentence names it and the fix)
+  2    the command line is wrong: an unknown or malformed flag, a missing argument
+  130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM; the line says what was saved
 """
 import logging as std_logging
 import os
+import re
+import signal
 import sys
 from typing import Callable
 
 from absl import app, flags, logging
 
-from fer_jax import FerJaxError
+from fer_jax import FerJaxError, Interrupted, Terminated
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 HELP_ARGS = ('-h', '-?', '--help', '--helpshort', '--helpfull')
 
@@ -35,11 +44,19 @@ def configure_cpu_backend(enable: bool = True) -> None:
     os.environ['XLA_FLAGS'] = f'{xla_flags} {FAST_CPU_XLA_FLAG}'.strip()
 
 
+# fer_jax's own source folder. An installed file outside it is a library's: decided by where the
+# package is, not by a folder name in the path, because a checkout named fer_jax holds its virtual
+# environment, and so every library's files, under a `/fer_jax/` folder too.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def is_noise(record: std_logging.LogRecord) -> bool:
   """Installed libraries' INFO lines (JAX probing for absent accelerators, Orbax's saves, TFDS's
   preparation steps) and the warnings in _NOISY_WARNINGS; fer_jax's own lines and real warnings
   pass."""
-  third_party = 'site-packages' in record.pathname and f'{os.sep}fer_jax{os.sep}' not in record.pathname
+  path = os.path.abspath(record.pathname)
+  third_party = (any(folder in path for folder in ('site-packages', 'dist-packages'))
+                 and not path.startswith(_PACKAGE_DIR))
   if third_party and record.levelno <= std_logging.INFO:
     return True
   return (record.levelno < std_logging.ERROR
@@ -63,28 +80,96 @@ def _print_help(argv: list[str]) -> None:
   app.usage(shorthelp='--helpfull' not in argv, writeto_stdout=True)
 
 
+def _fail(message: str, status: int) -> None:
+  sys.stdout.flush()
+  sys.stderr.write(f'error: {" ".join(message.split())}\n')
+  sys.exit(status)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a wrong command line as one line and exit status 2 (absl prints a
+  FATAL line and exits 1)."""
+  try:
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:
+    message = re.sub(r'flag --(\w+)=None: Flag --\w+ must have a value other than None\.',
+                     r'--\1 is required.', str(e))
+    _fail(f'{message.rstrip(".")}; run with --help for the flags.', EXIT_USAGE)
+  except (AttributeError, KeyError):  # ml_collections: a --config.<field> override names no field
+    _fail(unknown_config_field(argv), EXIT_USAGE)
+  except Exception as e:  # a config file that does not run (ml_collections executes it here)
+    where = f'{e.filename}, line {e.lineno}: ' if isinstance(e, SyntaxError) else ''
+    _fail(f'the --config file failed to load ({where}{type(e).__name__}: '
+          f'{getattr(e, "msg", None) or e}); fix it or pass another config file.', EXIT_USAGE)
+  _check_config_file()
+  return remaining
+
+
+def _check_config_file() -> None:
+  """ml_collections defers a config file's load error until the config is first used, as a
+  chain of tracebacks; here it is one line."""
+  if 'config' not in flags.FLAGS or not flags.FLAGS['config'].present:
+    return
+  try:
+    flags.FLAGS.config.get('seed')
+  except OSError as e:
+    path = flags.FLAGS['config'].serialize().split('=', 1)[-1].split(':')[0]
+    reason = ('does not exist' if not os.path.exists(path) else
+              f'could not be loaded ({str(e).strip().splitlines()[-1].strip()})')
+    _fail(f'--config={path} {reason}; pass a config file such as configs/smoke.py.', EXIT_USAGE)
+
+
+def _raise_terminated(signum, frame) -> None:
+  raise Terminated()
+
+
+def prepare_output(path: str, flag: str) -> str:
+  """Makes an output file's folder and proves it writable, before a command does any work, so no
+  result is lost to a bad path at the end. Returns `path`."""
+  if os.path.isdir(path):
+    raise FerJaxError(f'{flag}={path} is a folder; name a file.')
+  folder = os.path.dirname(os.path.abspath(path))
+  probe = os.path.join(folder, f'.fer_jax_write_test_{os.getpid()}')
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise FerJaxError(f'{flag}={path}: cannot write in {folder} ({e.strerror}); pass a path in a '
+                      'folder you can write to.') from None
+  return path
+
+
 def run(main: Callable[[list[str]], None],
         fast_cpu: Callable[[], bool] | None = lambda: True) -> None:
-  """Runs `main(argv)` as a command. `fast_cpu` is asked after flag parsing (a config may turn
-  the XLA flag off) and before `main` can start JAX; None leaves the flag to `main`."""
+  """Runs `main(argv)` as a command with the exit statuses of the module docstring. `fast_cpu` is
+  asked after flag parsing (a config may turn the XLA flag off) and before `main` can start JAX;
+  None leaves the flag to `main`."""
   if any(arg in HELP_ARGS for arg in sys.argv[1:]):
     _print_help(sys.argv)
     sys.exit(0)
 
   def start(argv: list[str]) -> None:
     quiet_logs()
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
       if fast_cpu is not None:
         configure_cpu_backend(fast_cpu())
       main(argv)
+    except Interrupted as e:
+      _fail(str(e), e.exit_status)
     except FerJaxError as e:
-      sys.exit(f'error: {e}')  # one line on stderr, exit status 1
-  try:
-    app.run(start)
-  except (AttributeError, KeyError):  # ml_collections: a --config.<field> override names no field
-    if flags.FLAGS.is_parsed():
-      raise
-    sys.exit(f'error: {unknown_config_field(sys.argv)}')
+      _fail(str(e), EXIT_FAILED)
+    except app.UsageError as e:
+      _fail(f'{str(e).rstrip(".")}; run with --help for the flags.', EXIT_USAGE)
+    except KeyboardInterrupt as e:
+      stopped = Interrupted('nothing more was written.', e)
+      _fail(str(stopped), stopped.exit_status)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+      sys.exit(EXIT_FAILED)
+  app.run(start, flags_parser=_parse_flags)
 
 
 def _config_fields(config, prefix: str = '') -> list[str]:

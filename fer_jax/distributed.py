@@ -258,6 +258,18 @@ def announce() -> None:
   logging.set_verbosity(logging.WARNING)
 
 
+def barrier(name: str, timeout_s: int = 3600) -> None:
+  """Waits until every process reaches `name`, through the coordination service rather than a
+  device collective. Gloo's collectives give up after 30 s, so processes whose host work differs
+  (process 0 compiles the augmentation preview, draws TensorBoard figures, writes the metrics)
+  meet here before the next collective; a peer that dies meanwhile is PeerWatch's to report."""
+  import jax
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed
+  jax_distributed.global_state.client.wait_at_barrier(f'fer_jax/{name}', timeout_s * 1000)
+
+
 def _gather_text(text: str) -> list[str]:
   """Each process's `text`, in process order (a collective: every process must call it)."""
   from jax.experimental import multihost_utils

@@ -132,6 +132,7 @@ def main(argv: list[str]) -> None:
     import onnx  # noqa: F401
   except ImportError:
     raise FerJaxError('ONNX export needs the onnx package: pip install "fer_jax[export]".') from None
+  cli.prepare_output(FLAGS.out, '--out')
   from fer_jax.predictor import Predictor
   predictor = (Predictor.pretrained() if FLAGS.pretrained else
                Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint))

@@ -36,12 +36,44 @@ CROP_FALLBACK_SIDE = 160
 
 @dataclasses.dataclass(frozen=True)
 class Face:
-  """A face in image pixels: its box (x, y, w, h), detector score, eye centres when known, and
-  the detector that found it (which sets how the crop is framed)."""
+  """A face in image pixels: the detector's box (x, y, w, h), which may reach past the image's
+  edges and frames the crop, its score, eye centres when known, and the detector that found it
+  (which sets how the crop is framed). Users see `clipped_box`."""
   box: tuple[int, int, int, int]
   score: float
   eyes: tuple[tuple[float, float], tuple[float, float]] | None = None
   detector: str = 'blazeface'
+
+
+def clipped_box(box: tuple[int, int, int, int], width: int, height: int, scale: float = 1.0
+                ) -> tuple[int, int, int, int]:
+  """A detector's (x, y, w, h) box, in pixels of an image `width` x `height`, as reported: clipped
+  to the image and multiplied by `scale` (original pixels per loaded pixel). Every box fer_jax
+  reports lies within its image: x, y >= 0, x + w <= the image's width, y + h <= its height."""
+  x0, y0 = min(max(box[0], 0), width), min(max(box[1], 0), height)
+  x1, y1 = max(min(box[0] + box[2], width), x0), max(min(box[1] + box[3], height), y0)
+  full_width, full_height = int(round(width * scale)), int(round(height * scale))
+  x0, y0 = min(int(round(x0 * scale)), full_width), min(int(round(y0 * scale)), full_height)
+  return (x0, y0, min(int(round(x1 * scale)), full_width) - x0,
+          min(int(round(y1 * scale)), full_height) - y0)
+
+
+def draw_faces(bgr: np.ndarray, rows: list[dict]) -> np.ndarray:
+  """Draws each row's box and "emotion confidence" (with "#track" for video rows) on a BGR image
+  in place, and returns it; line and text size follow the image's size."""
+  cv2 = _cv2()
+  thickness = max(1, round(max(bgr.shape[:2]) / 400))
+  for row in rows:
+    if not row.get('box'):
+      continue
+    x, y, w, h = row['box']
+    label = f'{row["emotion"]} {row["confidence"]:.2f}'
+    if 'track' in row:
+      label = f'#{row["track"]} {label}'
+    cv2.rectangle(bgr, (x, y), (x + w, y + h), (0, 200, 0), thickness)
+    cv2.putText(bgr, label, (x, max(12 * thickness, y - 6)), cv2.FONT_HERSHEY_SIMPLEX,
+                0.5 * thickness, (0, 200, 0), thickness, cv2.LINE_AA)
+  return bgr
 
 
 def _cv2():
@@ -184,7 +216,8 @@ def crop_face(grey: np.ndarray, face: Face, align: bool = True) -> np.ndarray:
 
 def face_crops(rgb: np.ndarray, grey: np.ndarray, scale: float = 1.0, detect: bool | None = None,
                detector: str = 'blazeface', align: bool = True) -> tuple[np.ndarray, list]:
-  """(48x48 crops (N, 48, 48), boxes in original pixels, None for a whole-image crop) of an
+  """(48x48 crops (N, 48, 48), boxes in original pixels clipped to the image (clipped_box), None for
+  a whole-image crop) of an
   image loaded by fer_jax.data.images.load_image. detect=None: images up to CROP_MAX_SIDE are
   crops, larger ones are searched, and those up to CROP_FALLBACK_SIDE with no face found are
   crops too; True: always searched (no fallback); False: always a crop."""
@@ -197,7 +230,8 @@ def face_crops(rgb: np.ndarray, grey: np.ndarray, scale: float = 1.0, detect: bo
     return to_face48(grey)[None], [None]
   crops = (np.stack([crop_face(grey, face, align) for face in found]) if found
            else np.zeros((0, 48, 48), np.uint8))
-  return crops, [tuple(int(round(v * scale)) for v in face.box) for face in found]
+  height, width = grey.shape
+  return crops, [clipped_box(face.box, width, height, scale) for face in found]
 
 
 def dataset_face(path: str) -> np.ndarray:

@@ -7,9 +7,12 @@ with its box, the emotion, a calibrated confidence and every class's probability
 
 Images up to 64 px on their longer side are taken as face crops; larger ones are searched for
 faces, and one up to 160 px with no face found is taken as a crop too (--no_detect takes every
-image as a crop). Folders are searched for images (recursively). A
-file that cannot be read, or a photo with no face, gets one `error:` line on stderr and the others
-are still classified. Exit status: 0 when every file gave a face, 1 otherwise, 2 for bad flags.
+image as a crop). Folders are searched for images and videos (recursively, hidden entries
+skipped; a file of another kind gets one `skipped` line). A file that cannot be read, a photo with
+no face, or a video that ends before the frames its container states gets one `error:` line on
+stderr and the others are still classified. Every output path (--csv, --annotate) is checked and
+its folder made before any work. Exit status (fer_jax.cli): 0 when every file gave its faces, 1
+otherwise, 2 for a wrong command line, 130 / 143 when interrupted.
 In Python: `from fer_jax.predict import Predictor` (fer_jax/predictor.py).
 """
 import json
@@ -32,19 +35,63 @@ def __getattr__(name: str) -> Any:
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-def expand_inputs(paths: Iterable[str]) -> list[str]:
-  """Files as given; folders replaced by the images inside them (sorted, recursive)."""
-  from fer_jax.data.images import IMAGE_EXTENSIONS
+def expand_inputs(paths: Iterable[str]) -> tuple[list[str], list[str]]:
+  """(files, one line per skipped file): files as given; folders replaced by the images and videos
+  inside them (fer_jax.data.images.walk_files: sorted, recursive, hidden entries skipped). A
+  folder with nothing to read is an error."""
+  from fer_jax.data.images import IMAGE_EXTENSIONS, is_image_file, skipped_line, walk_files
   from fer_jax.video import VIDEO_EXTENSIONS
-  files = []
+  files, skipped = [], []
   for path in paths:
-    if os.path.isdir(path):
-      for folder, _, names in sorted(os.walk(path)):
-        files += [os.path.join(folder, n) for n in sorted(names)
-                  if n.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)]
-    else:
+    if not os.path.isdir(path):
       files.append(path)
-  return files
+      continue
+    found = []
+    for file in walk_files(path):
+      if is_image_file(file) or file.lower().endswith(VIDEO_EXTENSIONS):
+        found.append(file)
+      else:
+        skipped.append(skipped_line(file))
+    if not found:
+      raise FerJaxError(f'{path} holds no images or videos (hidden files are skipped; read are '
+                        f'{" ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}); pass another folder.')
+    files += found
+  return files, skipped
+
+
+def is_video(source: Any) -> bool:
+  from fer_jax.video import VIDEO_EXTENSIONS
+  return isinstance(source, int) or str(source).lower().endswith(VIDEO_EXTENSIONS)
+
+
+def annotation_paths(inputs: list[Any], annotate: str | None) -> dict[Any, str]:
+  """Where each input's annotated copy goes: with one input, `annotate` is the file; with several,
+  a folder that gets `<input name>_annotated.<png|mp4>` per input. Checked (and folders made)
+  before any work, so no result is lost to a bad path at the end."""
+  from fer_jax.data.images import is_image_file
+  if not annotate:
+    return {}
+  if len(inputs) == 1 and not os.path.isdir(annotate):
+    source = inputs[0]
+    want = ('.mp4', '.avi') if is_video(source) else ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
+    if not annotate.lower().endswith(want):
+      raise FerJaxError(f'--annotate={annotate}: name a {" / ".join(want)} file for '
+                        f'{"a video" if is_video(source) else "a photo"}.')
+    return {source: cli.prepare_output(annotate, '--annotate')}
+  if is_image_file(annotate) or is_video(annotate) or os.path.isfile(annotate):
+    raise FerJaxError(f'--annotate={annotate} names one file, but {len(inputs)} inputs were given; '
+                      'pass a folder (e.g. --annotate=annotated/) to get one file per input.')
+  paths = {}
+  for source in inputs:
+    stem = f'camera{source}' if isinstance(source, int) else os.path.splitext(
+        os.path.basename(source))[0]
+    path = os.path.join(annotate, f'{stem}_annotated{".mp4" if is_video(source) else ".png"}')
+    clash = next((other for other, taken in paths.items() if taken == path), None)
+    if clash is not None:
+      raise FerJaxError(f'--annotate: {clash} and {source} would both be written to {path}; '
+                        'annotate them in separate runs or rename one.')
+    paths[source] = cli.prepare_output(path, '--annotate')
+  return paths
 
 
 FLAGS = flags.FLAGS
@@ -66,59 +113,78 @@ def define_flags() -> None:
   flags.DEFINE_float('smooth', 0.5, 'Videos: weight of the newest frame in each face track\'s '
                      'running average of probabilities (1 = no smoothing).')
   flags.DEFINE_string('csv', None, 'Also write every row (photos and video frames) to this CSV.')
-  flags.DEFINE_string('annotate', None, 'Videos: write the video with boxes, emotions and '
-                      'confidences drawn to this .mp4 (one video at a time).')
+  flags.DEFINE_string('annotate', None, 'Write each input with boxes, emotions and confidences '
+                      'drawn: with one input this file (.png / .jpg for a photo, .mp4 for a video), '
+                      'with several a folder that gets <name>_annotated.png|.mp4 per input.')
 
 
-def _photo_rows(predictor: Any, path: str, detect: bool | None) -> list[dict]:
+def _photo_rows(predictor: Any, path: str, detect: bool | None, annotate: str | None) -> list[dict]:
   found = predictor.predict_faces(path, detect)
   if not found:
     raise FerJaxError(f'no face found ({predictor.detector}); if the image is a face crop '
                       'already, pass --no_detect.')
-  return [{'face': index, 'box': list(p.box) if p.box else None, 'emotion': p.emotion,
+  rows = [{'face': index, 'box': list(p.box) if p.box else None, 'emotion': p.emotion,
            'confidence': round(p.confidence, 6),
            'probabilities': {k: round(v, 6) for k, v in p.probabilities.items()}}
           for index, p in enumerate(found)]
+  if annotate:
+    _annotate_photo(path, rows, annotate)
+  return rows
+
+
+def _annotate_photo(path: str, rows: list[dict], out: str) -> None:
+  """The photo as loaded (at most MAX_SIDE pixels a side) with its faces drawn, written to `out`."""
+  import numpy as np
+  from fer_jax import faces
+  from fer_jax.data.images import load_image
+  rgb, _, scale = load_image(path)
+  shown = [{**row, 'box': [int(round(v / scale)) for v in row['box']] if row['box'] else None}
+           for row in rows]
+  bgr = faces.draw_faces(np.ascontiguousarray(rgb[..., ::-1]), shown)
+  if not faces._cv2().imwrite(out, bgr):
+    raise FerJaxError(f'--annotate: OpenCV could not write {out}; use a .png or .jpg name.')
 
 
 def run(files: list[Any], predictor: Any, as_json: bool, detect: bool | None,
-        csv_path: str | None = None) -> int:
+        csv_path: str | None = None, annotations: dict[Any, str] | None = None) -> int:
   """Classifies each file on its own so one bad file does not stop the rest; returns #failures."""
   from fer_jax import video
-  failures, table = 0, []
-  if not as_json:
-    print(f'{"file":32s} {"face":>5s} {"box (x, y, w, h)":>20s} {"emotion":9s} {"conf":>5s}  '
-          + ' '.join(f'{n[:7]:>7s}' for n in predictor.labels))
+  failures, table, header = 0, [], not as_json
+  annotations = annotations or {}
   for path in files:
-    is_video = isinstance(path, int) or str(path).lower().endswith(video.VIDEO_EXTENSIONS)
     name = f'camera {path}' if isinstance(path, int) else path
     try:
-      rows = (video.predict_video(predictor, path, FLAGS.every, FLAGS.smooth, FLAGS.annotate)
-              if is_video else _photo_rows(predictor, path, detect))
+      rows = (video.predict_video(predictor, path, FLAGS.every, FLAGS.smooth,
+                                  annotations.get(path)) if is_video(path)
+              else _photo_rows(predictor, path, detect, annotations.get(path)))
       count = 0
       for row in rows:
         count += 1
         row = {'file': name, **row}
         table.append(row)
+        if header:
+          print(f'{"file":32s} {"face":>5s} {"box (x, y, w, h)":>20s} {"emotion":9s} '
+                f'{"conf":>5s}  ' + ' '.join(f'{n[:7]:>7s}' for n in predictor.labels))
+          header = False
         if as_json:
-          print(json.dumps(row), flush=is_video)
+          print(json.dumps(row), flush=is_video(path))
         else:
           where = ', '.join(map(str, row['box'])) if row['box'] else 'whole image'
-          face = f't{row["track"]}@{row["frame"]}' if is_video else str(row['face'])
+          face = f't{row["track"]}@{row["frame"]}' if is_video(path) else str(row['face'])
           print(f'{str(name):32s} {face:>5s} {where:>20s} {row["emotion"]:9s} '
                 f'{row["confidence"]:5.3f}  '
-                + ' '.join(f'{p:7.3f}' for p in row['probabilities'].values()), flush=is_video)
-      if is_video and not count:
+                + ' '.join(f'{p:7.3f}' for p in row['probabilities'].values()), flush=is_video(path))
+      if is_video(path) and not count:
         raise FerJaxError(f'no face found in any sampled frame ({predictor.detector}).')
+      if path in annotations:
+        print(f'wrote the annotated {"video" if is_video(path) else "photo"} to '
+              f'{annotations[path]}', file=sys.stderr)
     except FerJaxError as e:
       failures += 1
       print(f'error: {e}' if str(name) in str(e) else f'error: {name}: {e}', file=sys.stderr)
   if csv_path:
     _write_csv(csv_path, table, predictor.labels)
     print(f'wrote {len(table)} rows to {csv_path}', file=sys.stderr)
-  if FLAGS.annotate and any(isinstance(p, int) or str(p).lower().endswith(video.VIDEO_EXTENSIONS)
-                            for p in files):
-    print(f'wrote the annotated video to {FLAGS.annotate}', file=sys.stderr)
   return failures
 
 
@@ -136,16 +202,22 @@ def _write_csv(path: str, rows: list[dict], labels: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-  files = expand_inputs(argv[1:]) + ([FLAGS.camera] if FLAGS.camera is not None else [])
-  if not files:
+  inputs = argv[1:] + ([FLAGS.camera] if FLAGS.camera is not None else [])
+  if not inputs:
     raise app.UsageError('name at least one image or video file or folder, or --camera.')
   if bool(FLAGS.workdir) == FLAGS.pretrained:
     raise app.UsageError('give either --workdir (a training workdir) or --pretrained.')
+  files, skipped = expand_inputs(inputs)
+  for line in skipped:
+    print(line, file=sys.stderr)
+  # Every output path is checked (its folder made) before any work.
+  csv_path = cli.prepare_output(FLAGS.csv, '--csv') if FLAGS.csv else None
+  annotations = annotation_paths(files, FLAGS.annotate)
   from fer_jax.predictor import Predictor
   options = dict(tta=FLAGS.tta, detector=FLAGS.detector, align=not FLAGS.no_align)
   predictor = (Predictor.pretrained(**options) if FLAGS.pretrained else
                Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint, **options))
-  if run(files, predictor, FLAGS.json, False if FLAGS.no_detect else None, FLAGS.csv):
+  if run(files, predictor, FLAGS.json, False if FLAGS.no_detect else None, csv_path, annotations):
     sys.exit(1)
 
 

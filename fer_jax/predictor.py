@@ -16,7 +16,7 @@ import numpy as np
 
 from fer_jax import EMOTIONS, FerJaxError, augment, faces, models
 from fer_jax.checkpoint import BEST, load_for_inference, read_temperature
-from fer_jax.data.images import load_image
+from fer_jax.data.images import load_image, samples_to_uint8
 
 
 def ten_crops(faces: np.ndarray, crop: int = 44) -> list[np.ndarray]:
@@ -37,6 +37,16 @@ TTA_VARIANTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
     'flip': lambda faces: [faces, faces[:, :, ::-1]],
     'ten_crop': ten_crops,
 }
+
+
+def as_faces(faces: Any) -> np.ndarray:
+  """(N, 48, 48[, 1]) faces of any dtype -> uint8 (N, 48, 48, 1), each face by the depth rule of
+  fer_jax.data.images (8-bit as is, floats in [0, 1] times 255, other ranges stretched)."""
+  faces = np.asarray(faces)
+  if faces.dtype != np.uint8:
+    faces = np.stack([samples_to_uint8(face) for face in faces.reshape(-1, 48, 48)]) if faces.size \
+        else faces.astype(np.uint8)
+  return faces.reshape(-1, 48, 48, 1)
 
 
 def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -122,7 +132,7 @@ class Predictor:
   def recalibrate_batch_stats(self, faces: np.ndarray, batch_size: int = 256) -> None:
     """Replaces the BatchNorm statistics by those of these clean faces (fer_jax.batchnorm)."""
     from fer_jax import batchnorm
-    faces = np.asarray(faces, np.uint8).reshape(-1, 48, 48, 1)
+    faces = as_faces(faces)
     batch_size = min(batch_size, len(faces))
     if batch_size < 1:
       raise FerJaxError('recalibrating BatchNorm needs at least one face; pass some Training faces.')
@@ -135,7 +145,7 @@ class Predictor:
 
   def logits(self, faces: np.ndarray) -> np.ndarray:
     """uint8 (N, 48, 48[, 1]) faces -> (N, classes) logits, in fixed-size padded batches."""
-    faces = np.asarray(faces, np.uint8).reshape(-1, 48, 48, 1)
+    faces = as_faces(faces)
     out = []
     for start in range(0, len(faces), self.batch_size):
       chunk = faces[start:start + self.batch_size]
@@ -149,7 +159,7 @@ class Predictor:
   def probabilities(self, faces: np.ndarray, tta: str | None = None) -> np.ndarray:
     """(N, classes) calibrated probabilities: the mean over the TTA variant's views (default the
     predictor's) of softmax(logits / temperature)."""
-    faces = np.asarray(faces, np.uint8).reshape(-1, 48, 48, 1)
+    faces = as_faces(faces)
     if not len(faces):
       return np.zeros((0, len(self.labels)), np.float32)
     views = TTA_VARIANTS[tta or self.tta](faces)

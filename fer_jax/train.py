@@ -7,7 +7,6 @@ per compiled call (lax.scan), so batch 32 on an accelerator is not bound by disp
 """
 import contextlib
 import functools
-import glob
 import json
 import os
 import shutil
@@ -23,10 +22,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from fer_jax import (FerJaxError, augment, batchnorm, config_checks, data, distributed, evaluation,
-                     finetune, metrics, models, optim, parallel, plots, regularize)
+from fer_jax import (FerJaxError, Interrupted, augment, batchnorm, config_checks, data, distributed,
+                     evaluation, finetune, metrics, models, optim, parallel, plots, regularize)
 from fer_jax import checkpoint
-from fer_jax.checkpoint import LATEST, Checkpoints
+from fer_jax.checkpoint import BEST, LATEST, Checkpoints
 from fer_jax.run_state import RunState
 
 
@@ -211,11 +210,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   try:
     with checkpoint.WorkdirLock(workdir) if primary else contextlib.nullcontext():
       return _train(config, workdir)
-  except BaseException:
-    committed = [p for p in glob.glob(os.path.join(workdir, 'checkpoints', '*', '*'))
-                 if os.path.basename(p).isdigit()]
-    if created and not committed:
+  except BaseException as e:
+    steps = {kind: checkpoint.committed_steps(workdir, kind) for kind in (LATEST, BEST)}
+    removed = created and not any(steps.values())
+    if removed:
       shutil.rmtree(workdir, ignore_errors=True)
+    if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (fer_jax.cli)
+      raise Interrupted(checkpoint.what_was_saved(workdir, steps, removed), e) from None
     raise
 
 
@@ -327,6 +328,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         logging.info('early stopping: no improvement for %d epochs (best %.4f at epoch %d)',
                      run.best.epochs_since_best, run.best.best_score, run.best.best_epoch)
         break
+      distributed.barrier(f'epoch_{epoch}')  # host work since the last collective differs
       epoch_start = time.perf_counter()
       batch_indices = p_epoch_batches(config.seed, epoch, len(train_split), config.batch_size)
       bar = metrics.ProgressBar(steps_per_epoch, f'epoch {epoch}', config.progress_bar and primary)

@@ -183,16 +183,6 @@ def shortfall(name: str, decoded: int, stated: int, fps: float,
           f'{decoded / fps:.2f} s{length}; re-download or re-encode it to classify the rest.')
 
 
-def _draw(bgr: np.ndarray, rows: list[dict]) -> np.ndarray:
-  cv2 = fer_faces._cv2()
-  for row in rows:
-    x, y, w, h = row['box']
-    cv2.rectangle(bgr, (x, y), (x + w, y + h), (0, 200, 0), 2)
-    cv2.putText(bgr, f'#{row["track"]} {row["emotion"]} {row["confidence"]:.2f}',
-                (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
-  return bgr
-
-
 def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0.5,
                   annotate: str | None = None, chunk: int = 16,
                   progress: bool = True) -> Iterator[dict]:
@@ -237,14 +227,16 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
       grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
       found = fer_faces.detect_faces(rgb, predictor.detector)
       crops = [fer_faces.crop_face(grey, face, predictor.align) for face in found]
-      pending.append((index, seconds, rgb, crops, [f.box for f in found]))
+      height, width = grey.shape
+      pending.append((index, seconds, rgb, crops,
+                      [fer_faces.clipped_box(f.box, width, height) for f in found]))
       if len(pending) >= chunk or annotate:
         yield from flush()
       if annotate:
         if writer is None:
           writer = cv2.VideoWriter(annotate, cv2.VideoWriter_fourcc(*'mp4v'), fps / every,
                                    (rgb.shape[1], rgb.shape[0]))
-        writer.write(_draw(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), last_rows))
+        writer.write(fer_faces.draw_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), last_rows))
       bar.update(min(index + 1, max(total, 1)))
     yield from flush()
   finally:

@@ -56,9 +56,16 @@ def test_library_chatter_is_noise_and_our_lines_and_warnings_are_not():
                               "Unable to initialize backend 'tpu'"))
   assert cli.is_noise(_record(os.path.join(site, 'tensorflow_datasets', 'core', 'x.py'),
                               logging.WARNING, 'Using custom data configuration: csv_1'))
-  assert not cli.is_noise(_record(os.path.join(site, 'fer_jax', 'train.py'), logging.INFO,
-                                  'epoch 1 ...'))
-  assert not cli.is_noise(_record(os.path.join(REPO, 'fer_jax', 'train.py'), logging.INFO, 'data: ...'))
+  assert not cli.is_noise(_record(os.path.join(os.path.dirname(cli.__file__), 'train.py'),
+                                  logging.INFO, 'epoch 1 ...'))
+  assert not cli.is_noise(_record(os.path.join(REPO, 'experiments', 'study.py'), logging.INFO, 'x'))
+  # A checkout named fer_jax with its virtual environment inside, as the README's commands make it.
+  checkout_site = os.path.join(os.sep, 'home', 'me', 'fer_jax', '.venv', 'lib', 'python3.11',
+                               'site-packages')
+  assert cli.is_noise(_record(os.path.join(checkout_site, 'orbax', 'checkpoint', 'x.py'),
+                              logging.INFO, 'Finished saving checkpoint'))
+  assert cli.is_noise(_record(os.path.join(checkout_site, 'jax', '_src', 'xla_bridge.py'),
+                              logging.INFO, "Unable to initialize backend 'tpu'"))
   assert not cli.is_noise(_record(os.path.join(site, 'orbax', 'x.py'), logging.WARNING,
                                   'disk is full'))
 

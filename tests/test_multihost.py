@@ -3,7 +3,11 @@
 Runs go through `python -m fer_jax.main` as separate processes, as a user starts them. The 1-process
 reference joins the same runtime (--num_processes=1), so both sides reduce across devices with the
 same collectives (gloo on CPU); XLA's fast-CPU dot path is off because its threads split work by
-how many devices share a process.
+how many devices share a process. The sums still add in another order on some CPUs, so the two
+layouts agree to float noise, not to the bit: the equivalence run trains with SGD, whose update is
+linear in the gradient (Adam divides noise-sized gradients by their own size, turning float noise
+into whole learning-rate steps), and for one step an epoch: training amplifies the noise (after 4
+steps the eval losses differed by 1e-4, after 24 even SGD's runs part by points of accuracy).
 """
 import gzip
 import os
@@ -89,23 +93,26 @@ def real_faces(real_csv, tmp_path_factory) -> str:
 
 def test_two_processes_train_as_one_and_the_run_resumes_in_one(real_faces, tmp_path):
   args = ['--config.data.source=arrays', f'--config.data.arrays_path={real_faces}',
-          '--config.fast_cpu=false']
+          '--config.fast_cpu=false', '--config.optimizer=sgd', '--config.backbone_lr=0.01',
+          '--config.head_lr=0.01', '--config.data.max_train_examples=32']
   runs = start(tmp_path, 'two', 2, 2, args, 'two') + start(tmp_path, 'one', 1, 4, args, 'one')
   assert [run.wait() for run in runs] == [0, 0, 0], [run.last_line() for run in runs]
 
   two, one = metrics.read_history(tmp_path / 'two'), metrics.read_history(tmp_path / 'one')
   assert [r['epoch'] for r in two] == [r['epoch'] for r in one] == [1, 2]
   for a, b in zip(two, one):
-    for key in ('step', 'train_accuracy', 'eval_accuracy', 'eval_macro_f1', 'backbone_lr',
-                'head_lr'):
+    for key in ('step', 'backbone_lr', 'head_lr'):
       assert a[key] == b[key], key
+    # Float noise may move a face across a decision boundary: one face of 32 (train) or 128.
+    assert abs(a['train_accuracy'] - b['train_accuracy']) <= 1 / 32 + 1e-9, (a, b)
+    assert abs(a['eval_accuracy'] - b['eval_accuracy']) <= 1 / 128 + 1e-9, (a, b)
     for key in ('train_loss', 'train_objective', 'eval_loss'):
       np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
   params_two, _ = checkpoint.load_for_inference(str(tmp_path / 'two'), 'latest')
   params_one, _ = checkpoint.load_for_inference(str(tmp_path / 'one'), 'latest')
   for name in ('params', 'batch_stats'):
     for a, b in zip(*(jax.tree_util.tree_leaves(p[name]) for p in (params_two, params_one))):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # BatchNorm variances: 1e-5
   # Process 0 logs and writes the run's files; process 1 says one line.
   assert 'epoch   2' in runs[0].stderr and 'epoch   2' not in runs[1].stderr
   assert 'process 1 of 2: 2 devices here' in runs[1].stderr and 'model:' not in runs[1].stderr

@@ -189,7 +189,7 @@ def test_a_failed_start_leaves_no_workdir_and_an_unknown_field_names_the_closest
   out = subprocess.run([sys.executable, '-m', 'fer_jax.main', '--config', 'configs/smoke.py',
                         '--workdir', str(tmp_path / 'run'), '--config.head_rl=1'],
                        capture_output=True, text=True, cwd=REPO)
-  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert out.returncode == 2 and 'Traceback' not in out.stderr  # a wrong command line
   assert out.stderr.strip() == ("error: --config.head_rl=1: configs/smoke.py has no field 'head_rl'; "
                                 'did you mean config.head_lr?')
 
