@@ -7,8 +7,8 @@ Tracks. A face keeps its track's id when its box centre lies within 0.6 box size
 the track's box width and height) per frame since the track was last seen, and at most 2 box
 sizes, of where the track predicts it: its last centre, or that centre moved on at the track's
 last velocity (constant motion), whichever is nearer. Reach counts frames, not sampled frames,
-because box overlap between samples (IoU >= 0.3, the old rule) lost every face that moved half its
-box between two samples, i.e. most moving faces at `--every 4`. Faces and tracks are paired so
+because box overlap between samples loses every face that moves half its box between two samples,
+as most moving faces do at `--every 4`. Faces and tracks are paired so
 that as many as can be are, with the least total distance, so two people side by side keep their
 ids even when each moves nearer the other's last place. A track unseen for more than 15 frames,
 or three sampled frames when that is longer, ends: it survives two missed samples.
