@@ -10,6 +10,7 @@ stays out of the log, and every failure is one `error:` line on stderr with an e
   2    the command line is wrong: an unknown or malformed flag, a missing argument
   130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM; the line says what was saved
 """
+import errno
 import logging as std_logging
 import os
 import re
@@ -128,7 +129,12 @@ def prepare_output(path: str, flag: str) -> str:
   result is lost to a bad path at the end. Returns `path`."""
   if os.path.isdir(path):
     raise FerJaxError(f'{flag}={path} is a folder; name a file.')
-  folder = os.path.dirname(os.path.abspath(path))
+  prepare_folder(os.path.dirname(os.path.abspath(path)), flag, shown=path)
+  return path
+
+
+def prepare_folder(folder: str, flag: str, shown: str | None = None) -> str:
+  """Makes an output folder (a workdir) and proves it writable before any work. Returns it."""
   probe = os.path.join(folder, f'.fer_jax_write_test_{os.getpid()}')
   try:
     os.makedirs(folder, exist_ok=True)
@@ -136,9 +142,11 @@ def prepare_output(path: str, flag: str) -> str:
       pass
     os.remove(probe)
   except OSError as e:
-    raise FerJaxError(f'{flag}={path}: cannot write in {folder} ({e.strerror}); pass a path in a '
-                      'folder you can write to.') from None
-  return path
+    reason = ('part of that path is a file, not a folder' if e.errno in (errno.EEXIST, errno.ENOTDIR)
+              else e.strerror)
+    raise FerJaxError(f'{flag}={shown or folder}: cannot write in {folder} ({reason}); pass a '
+                      'path in a folder you can write to.') from None
+  return folder
 
 
 def run(main: Callable[[list[str]], None],

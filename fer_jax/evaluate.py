@@ -50,12 +50,12 @@ def main(argv: list[str]) -> None:
   if FLAGS.calibrate and len(FLAGS.data) > 1:
     raise FerJaxError('--calibrate fits on one dataset; pass a single --data.')
   out_dir = FLAGS.workdir or 'pretrained_eval'
+  cli.prepare_folder(out_dir, '--workdir')  # before any work
   predictor = (Predictor.pretrained() if FLAGS.pretrained else
                Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint))
   if FLAGS.recalibrate_bn:
     train_faces, _ = evaluation.load_eval_data(FLAGS.recalibration_data or FLAGS.data[0], 'train')
     predictor.recalibrate_batch_stats(train_faces[:FLAGS.recalibrate_bn])
-  os.makedirs(out_dir, exist_ok=True)
   if len(FLAGS.data) == 1:
     _one_dataset(predictor, FLAGS.data[0], out_dir)
   else:

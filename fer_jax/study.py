@@ -315,7 +315,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.dry_run:
     print('\n'.join(t.name for t in study.trials))
     return
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  cli.prepare_folder(FLAGS.workdir, '--workdir')
   logging.info('study %s: %d trials in %s, each in its own sub-workdir', argv[1], len(study.trials),
                os.path.abspath(FLAGS.workdir))
   if not FLAGS.results_only:

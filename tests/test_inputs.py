@@ -175,6 +175,9 @@ def test_output_paths_are_made_or_refused_before_any_work_and_photos_are_annotat
     (['fer_jax.evaluate', '--bogus'], 2, "error: Unknown command line flag 'bogus'; run with "
                                           '--help for the flags.'),
     (['fer_jax.export', '--pretrained', '--out', '/proc/fer.onnx'], 1, None),
+    (['fer_jax.evaluate', '--pretrained', '--data', 'x.csv', '--workdir', 'README.md/eval'], 1,
+     'error: --workdir=README.md/eval: cannot write in README.md/eval (part of that path is a file, '
+     'not a folder); pass a path in a folder you can write to.'),
 ])
 def test_one_exit_status_convention_for_every_command(args, status, message):
   out = subprocess.run([sys.executable, '-m', *args], capture_output=True, text=True, cwd=REPO)
