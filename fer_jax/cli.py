@@ -10,6 +10,7 @@ stays out of the log, and every failure is one `error:` line on stderr with an e
   2    the command line is wrong: an unknown or malformed flag, a missing argument
   130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM; the line says what was saved
 """
+import contextlib
 import errno
 import logging as std_logging
 import os
@@ -93,31 +94,54 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as e:
+    config_path = _config_path(argv)
+    if 'Error whilst parsing config file' in str(e):
+      _fail(_config_load_error(e), EXIT_USAGE)
+    if config_path and 'Flag --config must have a value' in str(e):
+      _fail(f'--config={config_path}: its get_config() returned None, not an '
+            'ml_collections.ConfigDict; return one (configs/enhanced.py shows how).', EXIT_USAGE)
     message = re.sub(r'flag --(\w+)=None: Flag --\w+ must have a value other than None\.',
                      r'--\1 is required.', str(e))
     _fail(f'{message.rstrip(".")}; run with --help for the flags.', EXIT_USAGE)
-  except (AttributeError, KeyError):  # ml_collections: a --config.<field> override names no field
-    _fail(unknown_config_field(argv), EXIT_USAGE)
   except Exception as e:  # a config file that does not run (ml_collections executes it here)
-    where = f'{e.filename}, line {e.lineno}: ' if isinstance(e, SyntaxError) else ''
-    _fail(f'the --config file failed to load ({where}{type(e).__name__}: '
-          f'{getattr(e, "msg", None) or e}); fix it or pass another config file.', EXIT_USAGE)
+    if isinstance(e, (AttributeError, KeyError)) and any(a.startswith('--config.') for a in argv):
+      with contextlib.suppress(Exception):  # an override that names no field of a working config
+        _fail(unknown_config_field(argv), EXIT_USAGE)
+    _fail(_config_load_error(e), EXIT_USAGE)
   _check_config_file()
   return remaining
 
 
+def _config_load_error(e: Exception) -> str:
+  """One sentence for a config file that raised while it ran, whatever ml_collections wrapped
+  around the error."""
+  if isinstance(e, SyntaxError):
+    detail = f'{e.filename}, line {e.lineno}: SyntaxError: {e.msg}'
+  else:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else 'no message'
+    # ml_collections wraps the file's own exception; its last line already names it.
+    detail = last if re.match(r'\w+(Error|Exception): ', last) else f'{type(e).__name__}: {last}'
+  return f'the --config file failed to load ({detail}); fix it or pass another config file.'
+
+
 def _check_config_file() -> None:
   """ml_collections defers a config file's load error until the config is first used, as a
-  chain of tracebacks; here it is one line."""
+  chain of tracebacks, and takes a get_config() that returns nothing for a missing flag; here
+  each is one line."""
   if 'config' not in flags.FLAGS or not flags.FLAGS['config'].present:
     return
+  path = flags.FLAGS['config'].serialize().split('=', 1)[-1].split(':')[0]
   try:
-    flags.FLAGS.config.get('seed')
+    config = flags.FLAGS.config
+    config.get('seed')
   except OSError as e:
-    path = flags.FLAGS['config'].serialize().split('=', 1)[-1].split(':')[0]
     reason = ('does not exist' if not os.path.exists(path) else
               f'could not be loaded ({str(e).strip().splitlines()[-1].strip()})')
     _fail(f'--config={path} {reason}; pass a config file such as configs/smoke.py.', EXIT_USAGE)
+  except AttributeError:
+    _fail(f'--config={path}: its get_config() returned {type(config).__name__}, not an '
+          'ml_collections.ConfigDict; return one (configs/enhanced.py shows how).', EXIT_USAGE)
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -163,7 +187,11 @@ def run(main: Callable[[list[str]], None],
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
       if fast_cpu is not None:
-        configure_cpu_backend(fast_cpu())
+        try:
+          configure_cpu_backend(fast_cpu())
+        except (AttributeError, KeyError) as e:  # a config file that lacks the fields
+          _fail(f'the --config file has no field {str(e).strip(chr(34) + chr(39))!r}; start from '
+                'configs/enhanced.py, which defines every field.', EXIT_USAGE)
       main(argv)
     except Interrupted as e:
       _fail(str(e), e.exit_status)
@@ -189,12 +217,18 @@ def _config_fields(config, prefix: str = '') -> list[str]:
   return fields
 
 
+def _config_path(argv: list[str]) -> str:
+  """The --config file named on the command line, '' when none."""
+  return next((argv[i + 1] if arg == '--config' and i + 1 < len(argv) else arg.split('=', 1)[1]
+               for i, arg in enumerate(argv) if arg == '--config' or arg.startswith('--config=')),
+              '')
+
+
 def unknown_config_field(argv: list[str]) -> str:
   """The sentence for `--config.<field>=...` overrides that name no field of the config file."""
   import difflib
   import importlib.util
-  path = next((argv[i + 1] if arg == '--config' else arg.split('=', 1)[1]
-               for i, arg in enumerate(argv) if arg == '--config' or arg.startswith('--config=')), '')
+  path = _config_path(argv)
   spec = importlib.util.spec_from_file_location('_config', path.split(':')[0])
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

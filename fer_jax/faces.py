@@ -135,9 +135,10 @@ def _tiles(height: int, width: int) -> list[tuple[int, int, int]]:
     if side < 96:
       break
     step = side // 2
-    for y in range(0, max(height - side, 0) + 1, step):
-      for x in range(0, max(width - side, 0) + 1, step):
-        squares.append((x, y, side))
+    # The last row and column of squares sit flush with the bottom and right edges.
+    ys = sorted(set(range(0, max(height - side, 0) + 1, step)) | {max(height - side, 0)})
+    xs = sorted(set(range(0, max(width - side, 0) + 1, step)) | {max(width - side, 0)})
+    squares += [(x, y, side) for y in ys for x in xs]
   return squares
 
 

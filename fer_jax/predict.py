@@ -35,13 +35,13 @@ def __getattr__(name: str) -> Any:
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-def expand_inputs(paths: Iterable[str]) -> tuple[list[str], list[str]]:
-  """(files, one line per skipped file): files as given; folders replaced by the images and videos
-  inside them (fer_jax.data.images.walk_files: sorted, recursive, hidden entries skipped). A
-  folder with nothing to read is an error."""
+def expand_inputs(paths: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+  """(files, one line per skipped file, one error per folder with nothing to read): files as
+  given; folders replaced by the images and videos inside them (fer_jax.data.images.walk_files:
+  sorted, recursive, hidden entries skipped)."""
   from fer_jax.data.images import IMAGE_EXTENSIONS, is_image_file, skipped_line, walk_files
   from fer_jax.video import VIDEO_EXTENSIONS
-  files, skipped = [], []
+  files, skipped, errors = [], [], []
   for path in paths:
     if not os.path.isdir(path):
       files.append(path)
@@ -53,10 +53,10 @@ def expand_inputs(paths: Iterable[str]) -> tuple[list[str], list[str]]:
       else:
         skipped.append(skipped_line(file))
     if not found:
-      raise FerJaxError(f'{path} holds no images or videos (hidden files are skipped; read are '
-                        f'{" ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}); pass another folder.')
+      errors.append(f'{path} holds no images or videos (hidden files are skipped; read are '
+                    f'{" ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}); pass another folder.')
     files += found
-  return files, skipped
+  return files, skipped, errors
 
 
 def is_video(source: Any) -> bool:
@@ -71,6 +71,10 @@ def annotation_paths(inputs: list[Any], annotate: str | None) -> dict[Any, str]:
   from fer_jax.data.images import is_image_file
   if not annotate:
     return {}
+  if any(not isinstance(source, int) and os.path.abspath(source) == os.path.abspath(annotate)
+         for source in inputs):
+    raise FerJaxError(f'--annotate={annotate} is one of the inputs; name another file, so the '
+                      'original is kept.')
   if len(inputs) == 1 and not os.path.isdir(annotate):
     source = inputs[0]
     want = ('.mp4', '.avi') if is_video(source) else ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
@@ -90,6 +94,10 @@ def annotation_paths(inputs: list[Any], annotate: str | None) -> dict[Any, str]:
     if clash is not None:
       raise FerJaxError(f'--annotate: {clash} and {source} would both be written to {path}; '
                         'annotate them in separate runs or rename one.')
+    if any(not isinstance(other, int) and os.path.abspath(other) == os.path.abspath(path)
+           for other in inputs):
+      raise FerJaxError(f'--annotate: {path} is one of the inputs; pick another folder, so the '
+                        'original is kept.')
     paths[source] = cli.prepare_output(path, '--annotate')
   return paths
 
@@ -207,9 +215,13 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('name at least one image or video file or folder, or --camera.')
   if bool(FLAGS.workdir) == FLAGS.pretrained:
     raise app.UsageError('give either --workdir (a training workdir) or --pretrained.')
-  files, skipped = expand_inputs(inputs)
+  files, skipped, empty_folders = expand_inputs(inputs)
   for line in skipped:
     print(line, file=sys.stderr)
+  for line in empty_folders:
+    print(f'error: {line}', file=sys.stderr)
+  if not files:
+    sys.exit(1)
   # Every output path is checked (its folder made) before any work.
   csv_path = cli.prepare_output(FLAGS.csv, '--csv') if FLAGS.csv else None
   annotations = annotation_paths(files, FLAGS.annotate)
@@ -217,7 +229,8 @@ def main(argv: list[str]) -> None:
   options = dict(tta=FLAGS.tta, detector=FLAGS.detector, align=not FLAGS.no_align)
   predictor = (Predictor.pretrained(**options) if FLAGS.pretrained else
                Predictor.from_workdir(FLAGS.workdir, FLAGS.checkpoint, **options))
-  if run(files, predictor, FLAGS.json, False if FLAGS.no_detect else None, csv_path, annotations):
+  if run(files, predictor, FLAGS.json, False if FLAGS.no_detect else None, csv_path,
+         annotations) or empty_folders:
     sys.exit(1)
 
 

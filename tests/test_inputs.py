@@ -52,10 +52,17 @@ def test_samples_of_any_depth_are_mapped_to_8_bits_by_one_rule(tmp_path, predict
   }
   for name, image in files.items():
     image.save(tmp_path / name)
+  # Full-range 32-bit samples, unsigned (which Pillow holds in a signed mode) and signed.
+  tifffile = pytest.importorskip('tifffile')
+  tifffile.imwrite(tmp_path / 'uint32.tif', face48.astype(np.uint32) * 16843009)
+  tifffile.imwrite(tmp_path / 'int32.tif', (face48.astype(np.int64) * (2**31 - 1) // 255
+                                           ).astype(np.int32))
+  for name in [*files, 'uint32.tif', 'int32.tif']:
     found = predictor.predict_faces(tmp_path / name, detect=False)[0]
     assert found.emotion == 'happy', name
     assert found.probabilities == pytest.approx(reference.probabilities, abs=0.03), name
   arrays = {'float [0, 1]': unit, 'uint16': face48.astype(np.uint16) * 257,
+            'int32 full range': (face48.astype(np.int64) * (2**31 - 1) // 255).astype(np.int32),
             'int64 0-255': face48.astype(np.int64), 'float64 [0, 255]': face48.astype(np.float64)}
   for name, array in arrays.items():
     found = predictor.predict_faces(array, detect=False)[0]
@@ -65,6 +72,7 @@ def test_samples_of_any_depth_are_mapped_to_8_bits_by_one_rule(tmp_path, predict
   assert fer_images.samples_to_uint8(np.array([[0.0, 0.5, 1.0]])).tolist() == [[0, 128, 255]]
   assert fer_images.samples_to_uint8(np.array([[-1.0, 0.0, 3.0]])).tolist() == [[0, 64, 255]]
   assert fer_images.samples_to_uint8(np.array([[0, 4095]], np.uint16)).tolist() == [[0, 255]]
+  assert fer_images.samples_to_uint8(np.array([[0, 2**31 - 1]], np.int32)).tolist() == [[0, 255]]
   with pytest.raises(FerJaxError, match='not finite'):
     fer_images.samples_to_uint8(np.array([[0.0, np.nan]]))
 
@@ -81,6 +89,17 @@ def test_boxes_lie_within_the_image(predictor):
     assert bx >= 0 and by == 0 and bx + bw <= near_top.shape[1] and by + bh <= near_top.shape[0]
   assert faces.clipped_box((-10, -7, 125, 122), 99, 99) == (0, 0, 99, 99)
   assert faces.clipped_box((10, 20, 30, 40), 100, 100, scale=2.0) == (20, 40, 60, 80)
+
+
+def test_a_face_flush_with_the_bottom_right_corner_is_found(predictor):
+  face = skimage_data.astronaut()[60:190, 160:290]
+  for height, width in ((500, 600), (500, 610), (500, 740)):
+    canvas = np.full((height, width, 3), 128, np.uint8)
+    canvas[-face.shape[0]:, -face.shape[1]:] = face
+    found = predictor.predict_faces(canvas)
+    assert len(found) == 1, (height, width)
+    x, y, w, h = found[0].box
+    assert w > 80 and x + w <= width and y + h <= height, (height, width, found[0].box)
 
 
 def test_a_200_megapixel_jpeg_is_read_at_a_reduced_size_without_warnings(tmp_path):
@@ -130,6 +149,13 @@ def test_a_folder_with_litter_hidden_files_and_iphone_photos(tmp_path):
   assert [line for line in out.stderr.splitlines() if line.startswith('skipped')] == [
       f'skipped {photos / "IMG_0002.CR2"}: .CR2 images are not read; export it as JPEG or PNG.',
       f'skipped {photos / "notes.txt"}: not an image (.txt).']
+  # A folder with nothing to read is one line; other inputs are still classified.
+  mixed = _predict(tmp_path, '--json', str(tmp_path / 'empty'), str(photos / 'astronaut.png'))
+  assert mixed.returncode == 1 and len(mixed.stdout.splitlines()) == 1
+  assert mixed.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path / "empty"} holds no')
+  named_raw = _predict(tmp_path, str(photos / 'IMG_0002.CR2'))
+  assert named_raw.returncode == 1 and named_raw.stderr.strip().splitlines() == [
+      f'error: {photos / "IMG_0002.CR2"}: .CR2 images are not read; export it as JPEG or PNG.']
   empty = _predict(tmp_path, str(tmp_path / 'empty'))
   assert empty.returncode == 1 and empty.stdout == '' and 'Traceback' not in empty.stderr
   assert empty.stderr.strip().splitlines() == [
@@ -156,12 +182,15 @@ def test_output_paths_are_made_or_refused_before_any_work_and_photos_are_annotat
   assert sorted(os.listdir(tmp_path / 'folder')) == ['astronaut_annotated.png',
                                                      'mirrored_annotated.png']
   refused = [_predict(tmp_path, '--annotate', str(tmp_path / 'one.png'), photo, photo),
+             _predict(tmp_path, '--annotate', photo, photo),
              _predict(tmp_path, '--csv', str(tmp_path / 'astronaut.png' / 'rows.csv'), photo)]
   for result in refused:
     assert result.returncode == 1 and result.stdout == '' and 'Traceback' not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert 'names one file, but 2 inputs were given' in refused[0].stderr
-  assert 'cannot write in' in refused[1].stderr
+  assert 'is one of the inputs; name another file, so the original is kept' in refused[1].stderr
+  assert 'cannot write in' in refused[2].stderr
+  assert np.array_equal(np.asarray(Image.open(photo)), original)
 
 
 @pytest.mark.parametrize('args,status,message', [
@@ -175,6 +204,18 @@ def test_output_paths_are_made_or_refused_before_any_work_and_photos_are_annotat
     (['fer_jax.evaluate', '--bogus'], 2, "error: Unknown command line flag 'bogus'; run with "
                                           '--help for the flags.'),
     (['fer_jax.export', '--pretrained', '--out', '/proc/fer.onnx'], 1, None),
+    (['fer_jax.main', '--config', 'tests/configs_that_fail/no_get_config.py', '--workdir', 'x'], 2,
+     "error: the --config file failed to load (AttributeError: module 'config_config' has no "
+     "attribute 'get_config'); fix it or pass another config file."),
+    (['fer_jax.main', '--config', 'tests/configs_that_fail/returns_none.py', '--workdir', 'x'], 2,
+     'error: --config=tests/configs_that_fail/returns_none.py: its get_config() returned None, not '
+     'an ml_collections.ConfigDict; return one (configs/enhanced.py shows how).'),
+    (['fer_jax.main', '--config', 'tests/configs_that_fail/raises.py', '--workdir', 'x'], 2,
+     'error: the --config file failed to load (ValueError: config.head_lr must be set); fix it or '
+     'pass another config file.'),
+    (['fer_jax.main', '--config', 'tests/configs_that_fail/few_fields.py', '--workdir', 'x'], 2,
+     "error: the --config file has no field 'fast_cpu'; start from configs/enhanced.py, which "
+     'defines every field.'),
     (['fer_jax.evaluate', '--pretrained', '--data', 'x.csv', '--workdir', 'README.md/eval'], 1,
      'error: --workdir=README.md/eval: cannot write in README.md/eval (part of that path is a file, '
      'not a folder); pass a path in a folder you can write to.'),
@@ -182,8 +223,9 @@ def test_output_paths_are_made_or_refused_before_any_work_and_photos_are_annotat
 def test_one_exit_status_convention_for_every_command(args, status, message):
   out = subprocess.run([sys.executable, '-m', *args], capture_output=True, text=True, cwd=REPO)
   assert out.returncode == status and 'Traceback' not in out.stderr and 'FATAL' not in out.stderr
-  lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('error: ')
+  lines = [line for line in out.stderr.strip().splitlines()
+           if 'returned None, did you forget' not in line and 'before flag parsing' not in line]
+  assert len(lines) == 1 and lines[0].startswith('error: '), out.stderr
   if message:
     assert lines[0] == message
 

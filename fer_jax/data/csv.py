@@ -55,9 +55,11 @@ def _read_rows(path: str) -> list[Row]:
   except (gzip.BadGzipFile, EOFError, zlib.error) as e:
     raise FerJaxError(f'{path} is not a readable gzip file ({e}); download it again or pass '
                       'the uncompressed fer2013.csv.') from None
-  except UnicodeDecodeError:
-    raise FerJaxError(f'{path} is not a text CSV file; pass the Kaggle fer2013.csv '
-                      '(emotion,pixels,Usage), plain or gzipped.') from None
+  except UnicodeDecodeError as e:
+    byte = e.object[e.start]
+    raise FerJaxError(f'{path} is not UTF-8 text (it holds the byte 0x{byte:02x}, as Latin-1 or '
+                      'Windows-1252 files do); save it as "CSV UTF-8", or pass the Kaggle '
+                      'fer2013.csv (emotion,pixels,Usage), plain or gzipped.') from None
   except csv.Error as e:
     raise FerJaxError(f'{path}, line {end + 1}: the row cannot be read as CSV ({e}); close its '
                       'quotes or delete it.') from None
@@ -73,6 +75,9 @@ def _columns(path: str, line: int, header: list[str]) -> list[int]:
   names = [name.strip().lower() for name in header]
   shown = ','.join(name.strip() for name in header)
   shown = shown if len(shown) <= 60 else shown[:57] + '...'
+  if len(names) == 1 and ';' in names[0]:
+    raise FerJaxError(f'{where}: the header {shown!r} is separated by semicolons, but FER2013 CSVs '
+                      'are separated by commas; save it as comma-separated CSV.')
   if names[0].isdigit():
     raise FerJaxError(f'{where} is a data row, but the file must start with the header '
                       f'{",".join(HEADER)!r}; add that header as the first line.')

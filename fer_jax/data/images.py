@@ -4,7 +4,8 @@ used by predict, evaluate, training on image folders and the server alike.
 Sample depth: 8-bit images are read as they are. Integer samples of more bits are divided by the
 largest value of their bit depth: the depth the file states (TIFF BitsPerSample), else the
 smallest of 8, 10, 12, 14, 16, 24 or 32 bits that holds the image's largest value (so 16-bit
-photos use the full 0-65535 range, and 12-bit sensor data stored in 16 bits is not left dark).
+photos use the full 0-65535 range, and 12-bit sensor data stored in 16 bits is not left dark),
+never more than the type holds (2**31 - 1 for signed 32-bit samples).
 Float samples in [0, 1] are multiplied by 255; floats outside it, and integers below 0, are
 stretched min-max. Arrays passed to Predictor follow the same rule by dtype.
 
@@ -16,6 +17,7 @@ sentence, whatever its format (about 0.5 GB of RGB while loading).
 import contextlib
 import os
 import threading
+import warnings
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -67,7 +69,8 @@ def samples_to_uint8(values: np.ndarray, stated_bits: int | None = None) -> np.n
   low, high = float(np.min(values)), float(np.max(values))
   if np.issubdtype(values.dtype, np.integer) and low >= 0:
     bits = stated_bits or next((b for b in INTEGER_DEPTHS if high < 2 ** b), 64)
-    scaled = values.astype(np.float64) * (255.0 / (2 ** bits - 1))
+    top = min(2 ** bits - 1, int(np.iinfo(values.dtype).max))
+    scaled = values.astype(np.float32 if bits <= 16 else np.float64) * (255.0 / top)
   elif np.issubdtype(values.dtype, np.floating) and 0.0 <= low and high <= 1.0:
     scaled = values.astype(np.float64) * 255.0
   elif not np.isfinite(low) or not np.isfinite(high):
@@ -80,20 +83,30 @@ def samples_to_uint8(values: np.ndarray, stated_bits: int | None = None) -> np.n
   return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
-def _stated_bits(image: Image.Image) -> int | None:
-  """The significant bits per sample a TIFF states, when fewer than its container holds."""
-  tags = getattr(image, 'tag_v2', None)
-  bits = tags.get(258) if tags is not None else None
-  bits = bits[0] if isinstance(bits, tuple) and bits else bits
-  return int(bits) if isinstance(bits, int) and 8 <= bits < 32 else None
+def _tiff_tag(image: Image.Image, tag: int) -> int | None:
+  value = getattr(image, 'tag_v2', {}).get(tag)
+  value = value[0] if isinstance(value, tuple) and value else value
+  return value if isinstance(value, int) else None
+
+
+def _samples(image: Image.Image, tagged: Image.Image) -> tuple[np.ndarray, int | None]:
+  """A grey image of more than 8 bits as (its samples, the significant bits a TIFF states when
+  fewer than its container holds). Pillow holds unsigned 32-bit TIFF samples in a signed mode; they
+  are read back as unsigned (TIFF SampleFormat 1). `tagged` is the image as opened, with its
+  TIFF tags."""
+  values = np.asarray(image)
+  bits = _tiff_tag(tagged, 258)
+  if values.dtype == np.int32 and bits == 32 and _tiff_tag(tagged, 339) in (None, 1):
+    values = values.view(np.uint32)
+  return values, bits if bits is not None and 8 <= bits < 32 else None
 
 
 def _normalised(image: Image.Image) -> Image.Image:
   """'L' or 'RGB' from any PIL mode, upright by its EXIF orientation: more than 8 bits per sample
   mapped by the depth rule, alpha composited on white, palette and CMYK converted."""
-  image = ImageOps.exif_transpose(image)
+  opened, image = image, ImageOps.exif_transpose(image)
   if image.mode.startswith(('I', 'F')):  # 16-bit, 32-bit integer and float grey
-    return Image.fromarray(samples_to_uint8(np.asarray(image), _stated_bits(image)))
+    return Image.fromarray(samples_to_uint8(*_samples(image, opened)))
   if image.mode == 'P':
     image = image.convert('RGBA')
   if image.mode in ('RGBA', 'LA', 'PA'):
@@ -165,12 +178,19 @@ def load_image(source: Any) -> tuple[np.ndarray, np.ndarray, float]:
     raise FerJaxError(f'{path} does not exist; check the path.')
   if os.path.getsize(path) == 0:
     raise FerJaxError(f'{path} is empty (0 bytes); pass an image file.')
+  if path.lower().endswith(UNREADABLE_IMAGE_EXTENSIONS):
+    raise FerJaxError(f'{path}: {os.path.splitext(path)[1]} images are not read; export it as JPEG '
+                      'or PNG.')
   if path.lower().endswith(('.heic', '.heif')):
     _register_heif()
+  # Pillow's warnings (its size limit, which MAX_DECODED_PIXELS replaces; corrupt EXIF) say
+  # nothing a user can act on; what matters becomes an error sentence.
   try:
-    with _without_pil_pixel_limit():
+    with _without_pil_pixel_limit(), warnings.catch_warnings():
+      warnings.simplefilter('ignore')
       image = Image.open(path)
-    with image:
+    with image, warnings.catch_warnings():
+      warnings.simplefilter('ignore')
       width, height = image.size
       image.draft('RGB', (MAX_SIDE, MAX_SIDE))  # JPEGs decode straight at a reduced size
       decoded = image.size[0] * image.size[1]
@@ -190,6 +210,9 @@ def load_image(source: Any) -> tuple[np.ndarray, np.ndarray, float]:
 
 def _shrunk(image: Image.Image, original_side: int) -> tuple[np.ndarray, np.ndarray, float]:
   image.load()
+  if image.mode.startswith(('I', 'F')) and max(image.size) > MAX_SIDE:
+    image = image.copy()  # more than 8 bits a sample: shrunk before the depth rule, in less memory
+    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)
   image = _normalised(image)
   if max(image.size) > MAX_SIDE:
     image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BOX)

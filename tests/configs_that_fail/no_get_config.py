@@ -1,0 +1,2 @@
+"""A config file without get_config()."""
+field = 1

@@ -1,0 +1,5 @@
+"""A get_config() that forgot its return."""
+
+
+def get_config():
+  pass
