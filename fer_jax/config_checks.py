@@ -53,9 +53,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field, fix in (('backbone_lr', 'e.g. 1e-3 (0 holds the backbone still)'),
                      ('head_lr', 'e.g. 1e-3'), ('weight_decay', 'e.g. 1e-4 (0 = no L2)'),
                      ('warmup_epochs', 'e.g. 1 (0 = none)'), ('early_stopping_patience', '0 = never stop'),
-                     ('data.max_train_examples', '0 = all'), ('data.max_eval_examples', '0 = all')):
+                     ('data.max_train_examples', '0 = all'), ('data.max_eval_examples', '0 = all'),
+                     ('data.generated_train_size', 'e.g. 512'),
+                     ('data.generated_eval_size', 'e.g. 256')):
     value = config[field.split('.')[0]] if '.' not in field else config.data[field.split('.')[1]]
-    if not value >= 0:  # also catches NaN
+    if not np.isfinite(value):
+      raise FerJaxError(f'config.{field}={value} is not a finite number; use 0 or more ({fix}).')
+    if value < 0:
       raise FerJaxError(f'config.{field}={value} is negative; use 0 or more ({fix}).')
   if config.init_from and config.init_from != 'pretrained' and not os.path.isdir(config.init_from):
     raise FerJaxError(f'config.init_from={config.init_from!r} is neither "pretrained" nor a '

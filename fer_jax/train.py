@@ -253,6 +253,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
   train_split = data.load_split(config.data, config.data.train_split, config.data.max_train_examples)
   eval_split = data.load_split(config.data, config.data.eval_split, config.data.max_eval_examples)
+  for split, field in ((train_split, 'max_train_examples'), (eval_split, 'max_eval_examples')):
+    if not len(split):
+      raise FerJaxError(f'the {split.name} split has no faces; give it faces, or check '
+                        f'config.data.{field} and the data source.')
   distributed.check_same_data({'train': (train_split.images, train_split.labels),
                                'eval': (eval_split.images, eval_split.labels)})
   classes = train_split.classes  # the class list comes from the data

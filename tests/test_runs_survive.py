@@ -153,6 +153,9 @@ def test_resuming_with_a_config_that_changes_the_state_is_one_sentence(tmp_path)
     ('weight_decay', -1.0, r'config.weight_decay=-1.0 is negative'),
     ('data.max_train_examples', -5, r'config.data.max_train_examples=-5 is negative; use 0 or more \(0 = all\)'),
     ('momentum', 1.5, r'config.momentum=1.5 is out of range'),
+    ('head_lr', float('inf'), r'config.head_lr=inf is not a finite number'),
+    ('weight_decay', float('nan'), r'config.weight_decay=nan is not a finite number'),
+    ('data.generated_train_size', -5, r'config.data.generated_train_size=-5 is negative'),
 ])
 def test_nonsense_values_are_refused_before_any_work(tmp_path, field, value, message):
   config = _small_config()
@@ -204,3 +207,16 @@ def test_preparation_removes_what_a_killed_one_left(tmp_path):
   os.makedirs(os.path.join(stale, 'part'))
   assert len(data.load_split(config, 'train')) == 8
   assert not os.path.exists(stale)
+
+
+def test_an_empty_split_and_a_csv_path_that_is_a_folder_are_one_sentence(tmp_path):
+  config = _small_config()
+  config.data.generated_eval_size = 0
+  with pytest.raises(FerJaxError, match=r'the validation split has no faces; give it faces, or '
+                                        r'check config.data.max_eval_examples'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  config = _small_config()
+  config.data.source, config.data.csv_path = 'fer2013', str(tmp_path)
+  with pytest.raises(FerJaxError, match=r'is a folder, not a CSV file'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')

@@ -40,17 +40,24 @@ def tfds_dir(data_config: ml_collections.ConfigDict) -> str:
                             or '~/tensorflow_datasets')
 
 
+def _missing(path: str) -> str:
+  """Why a CSV path is not a file: it is a folder, or nothing is there."""
+  return 'is a folder, not a CSV file' if os.path.isdir(path) else 'does not exist'
+
+
 def find_csv(data_config: ml_collections.ConfigDict) -> str:
   """config.data.csv_path, then $FER2013_PATH, then the TFDS manual dir."""
   if data_config.csv_path:
     if not os.path.isfile(os.path.expanduser(data_config.csv_path)):
-      raise FerJaxError(f'config.data.csv_path={data_config.csv_path!r} does not exist; pass the '
+      raise FerJaxError(f'config.data.csv_path={data_config.csv_path!r} '
+                        f'{_missing(os.path.expanduser(data_config.csv_path))}; pass the '
                         'path of the Kaggle fer2013.csv (or .csv.gz).')
     return os.path.expanduser(data_config.csv_path)
   env_path = os.environ.get('FER2013_PATH', '')
   if env_path:
     if not os.path.isfile(os.path.expanduser(env_path)):
-      raise FerJaxError(f'FER2013_PATH={env_path!r} does not exist; point it at the Kaggle '
+      raise FerJaxError(f'FER2013_PATH={env_path!r} {_missing(os.path.expanduser(env_path))}; '
+                        'point it at the Kaggle '
                         'fer2013.csv (or .csv.gz).')
     return os.path.expanduser(env_path)
   manual_dir = os.path.join(tfds_dir(data_config), 'downloads', 'manual')

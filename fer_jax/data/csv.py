@@ -156,8 +156,8 @@ def read_fer2013_csv(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Returns {usage: (images uint8 (N, 48, 48, 1), labels int32 (N,))} for the usages present."""
   path = os.fspath(path)
   if not os.path.isfile(path):
-    raise FerJaxError(f'{path} does not exist; pass the path of the Kaggle fer2013.csv '
-                      '(or .csv.gz).')
+    what = 'is a folder, not a CSV file' if os.path.isdir(path) else 'does not exist'
+    raise FerJaxError(f'{path} {what}; pass the path of the Kaggle fer2013.csv (or .csv.gz).')
   rows = _read_rows(path)
   if not rows:
     raise FerJaxError(f'{path} is empty; pass the Kaggle fer2013.csv (emotion,pixels,Usage).')
