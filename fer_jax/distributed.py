@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from absl import logging
 import numpy as np
 
-from fer_jax import FerJaxError
+from fer_jax import FerJaxError, Interrupted
 
 
 def stop_now(message: str) -> None:
@@ -215,10 +215,10 @@ def stop_together(watch: PeerWatch) -> Iterator[None]:
     yield
     watch.done()
     return
+  except (KeyboardInterrupt, Interrupted):  # Interrupted: training's own sentence for one process
+    message = f'process {jax.process_index()} was interrupted; {watch.resume_hint}'
   except FerJaxError as e:
     message = str(e)
-  except KeyboardInterrupt:
-    message = f'process {jax.process_index()} was interrupted; {watch.resume_hint}'
   except jax.errors.JaxRuntimeError as e:  # a collective whose peer has gone
     detail = ' '.join(str(e).split()).replace('INTERNAL: Error dispatching computation: ', '')
     message = watch.peer_error() or (
