@@ -71,22 +71,18 @@ def annotation_paths(inputs: list[Any], annotate: str | None) -> dict[Any, str]:
   from fer_jax.data.images import is_image_file
   if not annotate:
     return {}
-  if any(not isinstance(source, int) and os.path.abspath(source) == os.path.abspath(annotate)
-         for source in inputs):
-    raise FerJaxError(f'--annotate={annotate} is one of the inputs; name another file, so the '
-                      'original is kept.')
+  paths = {}
   if len(inputs) == 1 and not os.path.isdir(annotate):
     source = inputs[0]
     want = ('.mp4', '.avi') if is_video(source) else ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
     if not annotate.lower().endswith(want):
       raise FerJaxError(f'--annotate={annotate}: name a {" / ".join(want)} file for '
                         f'{"a video" if is_video(source) else "a photo"}.')
-    return {source: cli.prepare_output(annotate, '--annotate')}
-  if is_image_file(annotate) or is_video(annotate) or os.path.isfile(annotate):
+    paths[source] = annotate
+  elif is_image_file(annotate) or is_video(annotate) or os.path.isfile(annotate):
     raise FerJaxError(f'--annotate={annotate} names one file, but {len(inputs)} inputs were given; '
                       'pass a folder (e.g. --annotate=annotated/) to get one file per input.')
-  paths = {}
-  for source in inputs:
+  for source in inputs[len(paths):]:
     stem = f'camera{source}' if isinstance(source, int) else os.path.splitext(
         os.path.basename(source))[0]
     path = os.path.join(annotate, f'{stem}_annotated{".mp4" if is_video(source) else ".png"}')
@@ -94,11 +90,13 @@ def annotation_paths(inputs: list[Any], annotate: str | None) -> dict[Any, str]:
     if clash is not None:
       raise FerJaxError(f'--annotate: {clash} and {source} would both be written to {path}; '
                         'annotate them in separate runs or rename one.')
-    if any(not isinstance(other, int) and os.path.abspath(other) == os.path.abspath(path)
-           for other in inputs):
-      raise FerJaxError(f'--annotate: {path} is one of the inputs; pick another folder, so the '
-                        'original is kept.')
-    paths[source] = cli.prepare_output(path, '--annotate')
+    paths[source] = path
+  files = {os.path.abspath(source) for source in inputs if not isinstance(source, int)}
+  for path in paths.values():
+    if os.path.abspath(path) in files:
+      raise FerJaxError(f'--annotate: {path} is one of the inputs; name another file or folder, '
+                        'so the original is kept.')
+    cli.prepare_output(path, '--annotate')
   return paths
 
 
@@ -143,14 +141,14 @@ def _photo_rows(predictor: Any, path: str, detect: bool | None, annotate: str | 
 def _annotate_photo(path: str, rows: list[dict], out: str) -> None:
   """The photo as loaded (at most MAX_SIDE pixels a side) with its faces drawn, written to `out`."""
   import numpy as np
+  from PIL import Image
   from fer_jax import faces
   from fer_jax.data.images import load_image
   rgb, _, scale = load_image(path)
   shown = [{**row, 'box': [int(round(v / scale)) for v in row['box']] if row['box'] else None}
            for row in rows]
   bgr = faces.draw_faces(np.ascontiguousarray(rgb[..., ::-1]), shown)
-  if not faces._cv2().imwrite(out, bgr):
-    raise FerJaxError(f'--annotate: OpenCV could not write {out}; use a .png or .jpg name.')
+  Image.fromarray(bgr[..., ::-1]).save(out)
 
 
 def run(files: list[Any], predictor: Any, as_json: bool, detect: bool | None,
@@ -161,9 +159,10 @@ def run(files: list[Any], predictor: Any, as_json: bool, detect: bool | None,
   annotations = annotations or {}
   for path in files:
     name = f'camera {path}' if isinstance(path, int) else path
+    frames = is_video(path)
     try:
       rows = (video.predict_video(predictor, path, FLAGS.every, FLAGS.smooth,
-                                  annotations.get(path)) if is_video(path)
+                                  annotations.get(path)) if frames
               else _photo_rows(predictor, path, detect, annotations.get(path)))
       count = 0
       for row in rows:
@@ -175,17 +174,17 @@ def run(files: list[Any], predictor: Any, as_json: bool, detect: bool | None,
                 f'{"conf":>5s}  ' + ' '.join(f'{n[:7]:>7s}' for n in predictor.labels))
           header = False
         if as_json:
-          print(json.dumps(row), flush=is_video(path))
+          print(json.dumps(row), flush=frames)
         else:
           where = ', '.join(map(str, row['box'])) if row['box'] else 'whole image'
-          face = f't{row["track"]}@{row["frame"]}' if is_video(path) else str(row['face'])
+          face = f't{row["track"]}@{row["frame"]}' if frames else str(row['face'])
           print(f'{str(name):32s} {face:>5s} {where:>20s} {row["emotion"]:9s} '
                 f'{row["confidence"]:5.3f}  '
-                + ' '.join(f'{p:7.3f}' for p in row['probabilities'].values()), flush=is_video(path))
-      if is_video(path) and not count:
+                + ' '.join(f'{p:7.3f}' for p in row['probabilities'].values()), flush=frames)
+      if frames and not count:
         raise FerJaxError(f'no face found in any sampled frame ({predictor.detector}).')
       if path in annotations:
-        print(f'wrote the annotated {"video" if is_video(path) else "photo"} to '
+        print(f'wrote the annotated {"video" if frames else "photo"} to '
               f'{annotations[path]}', file=sys.stderr)
     except FerJaxError as e:
       failures += 1

@@ -188,7 +188,7 @@ def test_output_paths_are_made_or_refused_before_any_work_and_photos_are_annotat
     assert result.returncode == 1 and result.stdout == '' and 'Traceback' not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert 'names one file, but 2 inputs were given' in refused[0].stderr
-  assert 'is one of the inputs; name another file, so the original is kept' in refused[1].stderr
+  assert 'is one of the inputs; name another file or folder, so the original is kept' in refused[1].stderr
   assert 'cannot write in' in refused[2].stderr
   assert np.array_equal(np.asarray(Image.open(photo)), original)
 
