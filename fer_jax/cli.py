@@ -98,8 +98,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if 'Error whilst parsing config file' in str(e):
       _fail(_config_load_error(e), EXIT_USAGE)
     if config_path and 'Flag --config must have a value' in str(e):
-      _fail(f'--config={config_path}: its get_config() returned None, not an '
-            'ml_collections.ConfigDict; return one (configs/enhanced.py shows how).', EXIT_USAGE)
+      _fail(_not_a_config(config_path, None), EXIT_USAGE)
     message = re.sub(r'flag --(\w+)=None: Flag --\w+ must have a value other than None\.',
                      r'--\1 is required.', str(e))
     _fail(f'{message.rstrip(".")}; run with --help for the flags.', EXIT_USAGE)
@@ -140,8 +139,16 @@ def _check_config_file() -> None:
               f'could not be loaded ({str(e).strip().splitlines()[-1].strip()})')
     _fail(f'--config={path} {reason}; pass a config file such as configs/smoke.py.', EXIT_USAGE)
   except AttributeError:
-    _fail(f'--config={path}: its get_config() returned {type(config).__name__}, not an '
-          'ml_collections.ConfigDict; return one (configs/enhanced.py shows how).', EXIT_USAGE)
+    pass
+  import ml_collections
+  if not isinstance(config, ml_collections.ConfigDict):
+    _fail(_not_a_config(path, config), EXIT_USAGE)
+
+
+def _not_a_config(path: str, returned: object) -> str:
+  what = 'None' if returned is None else type(returned).__name__
+  return (f'--config={path}: its get_config() returned {what}, not an ml_collections.ConfigDict; '
+          'return one (configs/enhanced.py shows how).')
 
 
 def _raise_terminated(signum, frame) -> None:
