@@ -3,10 +3,14 @@
 serve the model without the config file: the run state (fer_jax.run_state), configs, label map.
 
 An epoch saves its best checkpoint first and waits for it to be committed before it saves the
-latest, so a run killed at any moment resumes from a latest that is never ahead of its best: the
-epoch whose best save was cut short is replayed (the same batches, the same result) and saved
-again. Orbax writes each step to a temporary folder and renames it when complete; the writer's
-managers remove temporary folders left by a killed run.
+latest, so a run killed at any moment resumes from a latest that is never ahead of its best. Older
+best steps are pruned only once a latest save has made them obsolete, so the run's best epoch as
+of its latest checkpoint is always on disk. A resumed run replays the epochs after its latest
+checkpoint, and may replay them differently (a resume may change num_epochs, learning rates and
+other fields that do not shape the state): best steps ahead of the latest are dropped when it
+resumes and written again by the replay, never inherited. Orbax writes each step to a temporary
+folder and renames it when complete; the writer's managers remove temporary folders left by a
+killed run.
 """
 import errno
 import fcntl
@@ -27,9 +31,10 @@ LOCK_FILE = '.lock'
 
 
 def _manager(workdir: str, kind: str) -> ocp.CheckpointManager:
+  """`latest` keeps one step; `best` is pruned by Checkpoints.save_epoch (module docstring)."""
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints', kind),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+      options=ocp.CheckpointManagerOptions(max_to_keep=1 if kind == LATEST else None, create=True,
                                            cleanup_tmp_directories=True))
 
 
@@ -48,11 +53,10 @@ class Checkpoints:
     self.managers = {LATEST: _manager(workdir, LATEST), BEST: _manager(workdir, BEST)}
 
   def save(self, kind: str, step: int, state_tree: Any, meta: dict[str, Any]) -> None:
-    """Saves and waits until the step is committed; a step already committed is left as it is
-    (a replayed epoch computes the same state)."""
+    """Saves and waits until the step is committed; a step already there is written anew."""
     manager = self.managers[kind]
     if step in manager.all_steps():
-      return
+      manager.delete(step)
     # Checked first: Orbax meets a full disk in background threads, with pages of tracebacks.
     needed = sum(getattr(leaf, 'nbytes', 0) for leaf in jax.tree_util.tree_leaves(state_tree)) / 2**20
     if _free_mib(self.workdir) < needed + 16:
@@ -75,12 +79,24 @@ class Checkpoints:
                         '--workdir, or remove that folder to start over.')
 
   def save_epoch(self, step: int, state_tree: Any, meta: dict[str, Any], best: bool,
-                 latest: bool) -> None:
-    """The best checkpoint first, then the latest (module docstring)."""
+                 latest: bool, best_step: int | None) -> None:
+    """The best checkpoint first, then the latest, then the best steps other than the run's best
+    `best_step` are removed (module docstring)."""
     if best:
       self.save(BEST, step, state_tree, meta)
     if latest:
       self.save(LATEST, step, state_tree, meta)
+      for old in self.managers[BEST].all_steps():
+        if old != best_step:
+          self.managers[BEST].delete(old)
+
+  def drop_replayed(self) -> None:
+    """Best steps ahead of the latest checkpoint (all of them when there is none): the resumed
+    run replays those epochs."""
+    latest = self.latest_step(LATEST)
+    for step in self.managers[BEST].all_steps():
+      if latest is None or step > latest:
+        self.managers[BEST].delete(step)
 
   def check_best(self, best_step: int | None, latest_tree: Any = None,
                  latest_meta: dict[str, Any] | None = None) -> None:
@@ -89,8 +105,6 @@ class Checkpoints:
     saved_best, latest = self.latest_step(BEST), self.latest_step(LATEST)
     if best_step is None or saved_best == best_step:
       return
-    if latest_tree is not None and None not in (saved_best, latest) and saved_best > latest:
-      return  # a later epoch's best, saved before that epoch's latest: the replay reaches it again
     if latest_tree is not None and latest == best_step:
       logging.warning('the best checkpoint (step %d) was not saved completely; saving it again '
                       'from the latest checkpoint, which is the same epoch', best_step)
@@ -137,8 +151,8 @@ def what_was_saved(workdir: str, steps: dict[str, list[int]], removed: bool) -> 
             'command to resume from it.')
   if steps[BEST]:
     return (f'only the best checkpoint (step {steps[BEST][-1]}) was saved in {workdir}, none to '
-            'resume from yet; rerun the same command to start again, or evaluate that one with '
-            '--checkpoint best.')
+            'resume from yet; evaluate it with --checkpoint best, or rerun the same command to '
+            'start again (which replaces it).')
   return ('nothing was saved before the first checkpoint'
           + (f', and the new workdir {workdir} was removed' if removed else '')
           + '; rerun the same command to start again.')

@@ -8,6 +8,12 @@ piece and no field has rules of its own.
 import dataclasses
 from typing import Any
 
+from absl import logging
+import ml_collections
+
+from fer_jax import FerJaxError, config_checks
+from fer_jax.checkpoint import LATEST, Checkpoints
+
 
 @dataclasses.dataclass
 class Tracker:
@@ -61,3 +67,39 @@ class RunState:
   def from_json(cls, item: dict[str, Any]) -> 'RunState':
     return cls(epoch=item['epoch'], best=Tracker(**item['best']), plateau=Tracker(**item['plateau']),
                lr_scale=item['lr_scale'], history=list(item['history']))
+
+
+def resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, workdir: str, target: Any,
+           classes: tuple[str, ...], steps_per_epoch: int) -> tuple[Any, RunState]:
+  """(the latest checkpoint's state tree shaped like `target`, its RunState), or (None, a new
+  RunState) when the workdir has none. A resume may change what neither shapes the state nor the
+  steps per epoch (num_epochs, rates, patience, augmentation); the rest is one sentence. Best steps
+  ahead of the latest are dropped, as the run replays those epochs (fer_jax.checkpoint)."""
+  checkpoints.drop_replayed()
+  if checkpoints.latest_step() is None:
+    return None, RunState()
+  saved = checkpoints.restore_meta(LATEST)
+  config_checks.check_resumable(saved['train_config'], config, workdir)
+  last = saved['run']['history'][-1]
+  if last['step'] != last['epoch'] * steps_per_epoch:
+    batch = saved['train_config']['batch_size']
+    raise FerJaxError(
+        f'{workdir} holds a run of {last["step"] // last["epoch"]} steps per epoch (batch size '
+        f'{batch}), and this config and data give {steps_per_epoch} (batch size '
+        f'{config.batch_size}); a resumed run keeps its batch size and training faces, so its '
+        f'steps and schedule stay one run\'s: resume with --config.batch_size={batch} and the same '
+        'data, or pass a new --workdir.')
+  saved_classes = tuple(saved['label_map'][str(i)] for i in range(len(saved['label_map'])))
+  if saved_classes != tuple(classes):
+    raise FerJaxError(f'{workdir} holds a run on classes {", ".join(saved_classes)}, but the data '
+                      f'has {", ".join(classes)}; resume with the same data, or pass a new --workdir.')
+  try:
+    tree, meta = checkpoints.restore(LATEST, target)
+  except Exception as e:
+    raise FerJaxError(f'the latest checkpoint in {workdir} does not match this config\'s model '
+                      f'and optimiser ({type(e).__name__}); resume with the config it was trained '
+                      'with (config.json there), or pass a new --workdir.') from None
+  run = RunState.from_json(meta['run'])
+  checkpoints.check_best(run.best_step, tree, meta)
+  logging.info('resumed from %s at epoch %d (step %d)', workdir, run.epoch, int(tree['step']))
+  return tree, run

@@ -26,6 +26,7 @@ from fer_jax import (FerJaxError, Interrupted, augment, batchnorm, config_checks
                      evaluation, finetune, metrics, models, optim, parallel, plots, regularize)
 from fer_jax import checkpoint
 from fer_jax.checkpoint import BEST, LATEST, Checkpoints
+from fer_jax import run_state
 from fer_jax.run_state import RunState
 
 
@@ -220,32 +221,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     raise
 
 
-def _resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, workdir: str,
-            state: TrainState, classes: tuple[str, ...]) -> tuple[TrainState, RunState]:
-  """The latest checkpoint's state and run state, after checking the config builds the same state;
-  also makes sure the best checkpoint is the run's best epoch (Checkpoints.check_best)."""
-  if checkpoints.latest_step() is None:
-    return state, RunState()
-  saved = checkpoints.restore_meta(LATEST)
-  config_checks.check_resumable(saved['train_config'], config, workdir)
-  saved_classes = tuple(saved['label_map'][str(i)] for i in range(len(saved['label_map'])))
-  if saved_classes != tuple(classes):
-    raise FerJaxError(f'{workdir} holds a run on classes {", ".join(saved_classes)}, but the data '
-                      f'has {", ".join(classes)}; resume with the same data, or pass a new --workdir.')
-  try:
-    tree, meta = checkpoints.restore(LATEST, _state_tree(state))
-  except Exception as e:
-    raise FerJaxError(f'the latest checkpoint in {workdir} does not match this config\'s model '
-                      f'and optimiser ({type(e).__name__}); resume with the config it was trained '
-                      'with (config.json there), or pass a new --workdir.') from None
-  run = RunState.from_json(meta['run'])
-  checkpoints.check_best(run.best_step, tree, meta)
-  # The run's counters continue; patience and factors are the current config's, so they can be
-  # changed on resume.
-  logging.info('resumed from %s at epoch %d (step %d)', workdir, run.epoch, int(tree['step']))
-  return state.replace(**tree), run
-
-
 def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   mesh = parallel.make_mesh()
   parallel.check_divisible(config.batch_size, mesh, 'config.batch_size')
@@ -285,7 +260,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   primary = distributed.is_primary()  # the one process that logs and writes the run's files
   board = None
   try:
-    state, run = _resume(checkpoints, config, workdir, state, classes)
+    tree, run = run_state.resume(checkpoints, config, workdir, _state_tree(state), classes,
+                                 steps_per_epoch)
+    state = state.replace(**tree) if tree is not None else state
     if run.epoch == 0 and config.init_from:
       params, batch_stats = finetune.initialise(state.params, state.batch_stats, config.init_from,
                                                 config.model.name, list(classes))
@@ -405,7 +382,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       save_latest = saves_latest(epoch, config, run)
       if save_latest or improved:
         checkpoints.save_epoch(step_now, jax.device_get(_state_tree(state)), meta, best=improved,
-                               latest=save_latest)
+                               latest=save_latest, best_step=run.best_step)
       if primary:
         metrics.write_history(workdir, run.history)
       board.epoch(record)

@@ -1,4 +1,4 @@
-"""python tests/killed_run.py WORKDIR [N:WHEN]: 3 epochs of configs/smoke.py on generated faces in
+"""python tests/killed_run.py WORKDIR [N:WHEN] [FIELD=VALUE ...]: 3 epochs of configs/smoke.py on generated faces in
 WORKDIR. With N:WHEN the process sends itself SIGKILL at the N-th Orbax save of the run: 'during'
 (the save started, not yet committed) or 'after' (committed, before anything else happens). Each
 save prints 'save N KIND STEP' first, so a test knows where the kill fell.
@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import generated_smoke_config  # noqa: E402
-from fer_jax import run_state, train  # noqa: E402
+from fer_jax import FerJaxError, run_state, train  # noqa: E402
 
 
 def kill_at(number: int, when: str) -> None:
@@ -44,10 +44,16 @@ def main() -> None:
   config = generated_smoke_config(128, 32)
   config.num_epochs, config.eval_batch_size, config.bn_recalibration_faces = 3, 32, 64
   config.model.dropout_rate, config.data.eval_split, config.data.max_eval_examples = 0.0, 'train', 32
-  number, when = sys.argv[2].split(':') if len(sys.argv) > 2 else ('0', 'never')
+  number, when = sys.argv[2].split(':') if len(sys.argv) > 2 and ':' in sys.argv[2] else ('0', 'never')
+  for override in (arg for arg in sys.argv[2:] if '=' in arg):  # a rerun with a changed field
+    field, value = override.split('=')
+    config[field] = type(config[field])(value)
   kill_at(int(number), when)
   stage_scores()
-  train.train_and_evaluate(config, sys.argv[1])
+  try:
+    train.train_and_evaluate(config, sys.argv[1])
+  except FerJaxError as e:  # as the command line says it (fer_jax.cli)
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

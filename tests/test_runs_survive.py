@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import generated_smoke_config, random_rows, write_csv
-from fer_jax import FerJaxError, checkpoint, config_checks, data, train
+from fer_jax import FerJaxError, checkpoint, config_checks, data, metrics, train
 from fer_jax.checkpoint import BEST, LATEST
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,6 +63,31 @@ def test_a_run_killed_at_a_save_resumes_to_the_same_run_and_best(tmp_path, refer
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables, expected)
   best_run = checkpoint.load_for_inference(str(tmp_path), BEST)[1]['run']
   assert best_run['best']['best_epoch'] == 2 and best_run['epoch'] == 2
+
+
+def test_a_rerun_that_trains_differently_rewrites_the_replayed_best(tmp_path, reference_run):
+  """Killed after epoch 2's best is committed, before its latest; rerun with another head_lr (a
+  resume may change rates): the replayed epoch 2 is the best checkpoint, not the killed run's."""
+  assert _killed_run(tmp_path, '3:after').returncode == -signal.SIGKILL
+  changed_batch = _killed_run(tmp_path, 'batch_size=64')
+  assert changed_batch.returncode == 1 and 'Traceback' not in changed_batch.stderr
+  assert changed_batch.stderr.strip().splitlines()[-1] == (
+      f'error: {tmp_path} holds a run of 4 steps per epoch (batch size 32), and this config and data '
+      'give 2 (batch size 64); a resumed run keeps its batch size and training faces, so its steps '
+      "and schedule stay one run's: resume with --config.batch_size=32 and the same data, or pass "
+      'a new --workdir.')
+  rerun = _killed_run(tmp_path, 'head_lr=0.002')
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  history = [{k: v for k, v in r.items() if k not in ('epoch_seconds', 'train_images_per_second')}
+             for r in metrics.read_history(tmp_path)]
+  _, meta = checkpoint.load_for_inference(str(tmp_path), BEST)
+  assert meta['run']['best']['best_epoch'] == 2
+  assert _without_timings(meta['run'])['history'] == history[:2]
+  # The killed run's epoch 2 trained at the reference's rate; the replay at the new one.
+  assert history[1]['head_lr'] == 2 * metrics.read_history(reference_run)[1]['head_lr']
+  # One best checkpoint is left on disk, the run's best epoch.
+  assert checkpoint.committed_steps(str(tmp_path), BEST) == [8]
+  assert checkpoint.committed_steps(str(tmp_path), LATEST) == [12]
 
 
 def _small_config():
