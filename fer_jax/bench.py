@@ -276,7 +276,7 @@ def scaling_worker(spec: str, batch_size: int, steps: int) -> None:
   if processes > 1:
     watch = distributed.initialize(f'127.0.0.1:{port}', processes, process_id, auto=False,
                                    initialization_timeout=120, heartbeat_timeout=30,
-                                   resume_hint='run the benchmark again.')
+                                   resume_hint=lambda: 'run the benchmark again.')
   import contextlib
   import jax
   with distributed.stop_together(watch) if watch else contextlib.nullcontext():

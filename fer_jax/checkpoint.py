@@ -12,11 +12,15 @@ resumes and written again by the replay, never inherited. Orbax writes each step
 folder and renames it when complete; the writer's managers remove temporary folders left by a
 killed run.
 """
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import re
 import shutil
+import sys
+import tempfile
 import time
 from typing import Any
 
@@ -45,6 +49,46 @@ def _free_mib(path: str) -> float:
     return float('nan')
 
 
+def _mib(tree: Any) -> float:
+  return sum(getattr(leaf, 'nbytes', 0) for leaf in jax.tree_util.tree_leaves(tree)) / 2**20
+
+
+class CheckpointWriteError(FerJaxError):
+  """A checkpoint that could not be written; train_and_evaluate adds what was saved before."""
+
+
+def _write_failure(error: Exception) -> str:
+  """The cause of a failed Orbax write in a few words: the operating system's reason when the
+  message holds one (tensorstore puts it after a page of spec), else the error's first words."""
+  text = ' '.join(str(error).split())
+  code = re.search(r"os_error_code='?(\d+)", text)
+  if code:
+    return os.strerror(int(code.group(1)))
+  return f'{type(error).__name__}: {text[:160]}' if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def _stderr_held() -> Any:
+  """Holds what Orbax's threads print while a save runs (a failed write prints a traceback per
+  thread): given back when the save succeeds, dropped when it fails, whose one sentence says it."""
+  sys.stderr.flush()
+  saved_fd = os.dup(2)
+  with tempfile.TemporaryFile(mode='w+b') as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    except BaseException:
+      os.dup2(saved_fd, 2)
+      raise
+    else:
+      sys.stderr.flush()
+      os.dup2(saved_fd, 2)
+      held.seek(0)
+      sys.stderr.write(held.read().decode(errors='replace'))
+    finally:
+      os.close(saved_fd)
+
+
 class Checkpoints:
   """The two managers of one workdir, for the process that trains in it (see WorkdirLock)."""
 
@@ -52,27 +96,35 @@ class Checkpoints:
     self.workdir = workdir
     self.managers = {LATEST: _manager(workdir, LATEST), BEST: _manager(workdir, BEST)}
 
+  def check_room(self, state_tree: Any, copies: int, what: str) -> None:
+    """Fails before the work when the disk cannot hold `copies` more checkpoints of this state
+    (Orbax meets a full disk in background threads, with pages of tracebacks)."""
+    needed, free = copies * _mib(state_tree) + 16, _free_mib(self.workdir)
+    if free < needed:
+      raise CheckpointWriteError(
+          f'no room for {what}: about {needed:.0f} MiB needed in '
+          f'{os.path.join(self.workdir, "checkpoints")}, which has {free:.0f} MiB free; free some space or pass a --workdir on a larger disk.')
+
   def save(self, kind: str, step: int, state_tree: Any, meta: dict[str, Any]) -> None:
     """Saves and waits until the step is committed; a step already there is written anew."""
     manager = self.managers[kind]
     if step in manager.all_steps():
       manager.delete(step)
-    # Checked first: Orbax meets a full disk in background threads, with pages of tracebacks.
-    needed = sum(getattr(leaf, 'nbytes', 0) for leaf in jax.tree_util.tree_leaves(state_tree)) / 2**20
-    if _free_mib(self.workdir) < needed + 16:
-      raise FerJaxError(f'the {kind} checkpoint (step {step}) needs about {needed:.0f} MiB, but '
-                        f'{manager.directory} has {_free_mib(self.workdir):.0f} MiB free; free some '
-                        'space, then rerun the same command to resume from the last saved epoch.')
+    self.check_room(state_tree, 1, f'the {kind} checkpoint (step {step})')
     try:
-      saved = manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta)))
-      manager.wait_until_finished()
+      with _stderr_held():
+        try:
+          saved = manager.save(step, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state_tree), meta=ocp.args.JsonSave(meta)))
+          manager.wait_until_finished()
+        except Exception:
+          self.close()  # Orbax's threads end (and print) while their output is held
+          raise
     except Exception as e:  # Orbax surfaces a full or vanished disk as assorted errors
-      raise FerJaxError(
-          f'could not write the {kind} checkpoint (step {step}) to {manager.directory} '
-          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else "no message"}; '
-          f'{_free_mib(self.workdir):.0f} MiB free there); free some space or fix the folder, then '
-          'rerun the same command to resume from the last saved epoch.') from None
+      raise CheckpointWriteError(
+          f'could not write the {kind} checkpoint (step {step}) to {manager.directory}: '
+          f'{_write_failure(e)} ({_free_mib(self.workdir):.0f} MiB free there); free some space '
+          'or fix the folder.') from None
     if not saved and step not in manager.all_steps():
       raise FerJaxError(f'Orbax did not save the {kind} checkpoint (step {step}) in '
                         f'{manager.directory}, whose steps are {manager.all_steps()}; use a new '
@@ -133,8 +185,11 @@ class Checkpoints:
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
   def close(self) -> None:
+    """Ends the managers' threads; a manager whose save failed repeats its error here, which
+    save has already reported."""
     for manager in self.managers.values():
-      manager.close()
+      with contextlib.suppress(Exception):
+        manager.close()
 
 
 def committed_steps(workdir: str, kind: str) -> list[int]:
@@ -156,6 +211,23 @@ def what_was_saved(workdir: str, steps: dict[str, list[int]], removed: bool) -> 
   return ('nothing was saved before the first checkpoint'
           + (f', and the new workdir {workdir} was removed' if removed else '')
           + '; rerun the same command to start again.')
+
+
+def settle_stopped_run(workdir: str, is_new: bool, primary: bool) -> str:
+  """How the processes of a multi-process run that stopped together go on: from the latest
+  checkpoint when one was saved. Process 0 owns the workdir and removes a new one that holds no
+  checkpoint yet (the peer watch ends a process without unwinding, so train_and_evaluate cannot)."""
+  every = 'start every process again with the same command'
+  steps = {kind: committed_steps(workdir, kind) for kind in (LATEST, BEST)}
+  if steps[LATEST]:
+    return f'{every} to resume from the latest checkpoint in {workdir}.'
+  if not primary:  # process 0's disk may be another host's
+    return f'{every} to resume from the latest checkpoint in {workdir}, if one was saved.'
+  if is_new and not steps[BEST]:
+    shutil.rmtree(workdir, ignore_errors=True)
+    return (f'nothing was saved before the first checkpoint, and the new workdir {workdir} was '
+            f'removed; {every} to start again.')
+  return f'no checkpoint to resume from was saved in {workdir} yet; {every} to start again.'
 
 
 def prepare_workdir(workdir: str) -> bool:

@@ -83,8 +83,12 @@ def _print_help(argv: list[str]) -> None:
 
 
 def _fail(message: str, status: int) -> None:
+  """The error's one line, then silence: threads of libraries still winding down (Orbax after a
+  failed write) would otherwise print their tracebacks after it."""
   sys.stdout.flush()
   sys.stderr.write(f'error: {" ".join(message.split())}\n')
+  sys.stderr.flush()
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
   sys.exit(status)
 
 

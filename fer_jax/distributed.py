@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from absl import logging
 import numpy as np
@@ -44,7 +44,8 @@ class PeerWatch:
   """
   PREFIX = 'fer_jax/watch'
 
-  def __init__(self, client: Any, timeout: float, resume_hint: str, interval: float = 1.0):
+  def __init__(self, client: Any, timeout: float, resume_hint: Callable[[], str],
+               interval: float = 1.0):
     import jax
     self.client, self.timeout, self.resume_hint, self.interval = client, timeout, resume_hint, interval
     self.process, self.processes = jax.process_index(), jax.process_count()
@@ -64,19 +65,19 @@ class PeerWatch:
         entries = dict(self.client.key_value_dir_get(self.PREFIX))
       except Exception:  # the coordinator (process 0) is gone, or unreachable
         stop_now(f'process {self.process} lost contact with process 0, which coordinates the '
-                 f'run (it was stopped, or its host is down); {self.resume_hint}')
+                 f'run (it was stopped, or its host is down); {self.resume_hint()}')
       now = time.monotonic()
       for peer in range(self.processes):
         if peer == self.process or self._key('done', peer) in entries:
           continue
         if self._key('error', peer) in entries:
-          stop_now(self.peer_error(wait=0) or f'process {peer} stopped; {self.resume_hint}')
+          stop_now(self.peer_error(wait=0) or f'process {peer} stopped; {self.resume_hint()}')
         value = entries.get(self._key('beat', peer))
         if peer not in last_seen or last_seen[peer][0] != value:
           last_seen[peer] = (value, now)
         elif now - last_seen[peer][1] > self.timeout:
           stop_now(f'process {peer} has given no sign of life for {self.timeout:.0f} s (killed, '
-                   f'or its host is down); process {self.process} stops too; {self.resume_hint}')
+                   f'or its host is down); process {self.process} stops too; {self.resume_hint()}')
       self.finished.wait(self.interval)
 
   def peer_error(self, wait: float = 3.0) -> str | None:
@@ -148,7 +149,7 @@ def _check_port_free(address: str) -> None:
 
 def initialize(coordinator_address: str | None, num_processes: int | None,
                process_id: int | None, auto: bool, initialization_timeout: int,
-               heartbeat_timeout: int, resume_hint: str) -> PeerWatch | None:
+               heartbeat_timeout: int, resume_hint: Callable[[], str]) -> PeerWatch | None:
   """Joins the run's processes and starts watching them; None (nothing done) for a one-process
   run without any of the flags.
 
@@ -216,24 +217,38 @@ def stop_together(watch: PeerWatch) -> Iterator[None]:
     watch.done()
     return
   except (KeyboardInterrupt, Interrupted):  # Interrupted: training's own sentence for one process
-    message = f'process {jax.process_index()} was interrupted; {watch.resume_hint}'
+    message = f'process {jax.process_index()} was interrupted; {watch.resume_hint()}'
   except FerJaxError as e:
     message = str(e)
-  except jax.errors.JaxRuntimeError as e:  # a collective whose peer has gone
-    detail = ' '.join(str(e).split()).replace('INTERNAL: Error dispatching computation: ', '')
-    message = watch.peer_error() or (
-        f'process {jax.process_index()} lost contact with the rest of the run, a collective '
-        f'failed ({_shorten(detail)}): another process stopped or cannot be reached, and its log '
-        f'says why; {watch.resume_hint}')
   except Exception as e:
-    logging.exception('process %d failed', jax.process_index())
-    message = (f'process {jax.process_index()} failed with {type(e).__name__}: '
-               f'{_shorten(" ".join(str(e).split()))} (the traceback is in process '
-               f'{jax.process_index()}\'s log); {watch.resume_hint}')
+    message = _collective_failure(e, watch) or _unexpected_failure(e, watch)
   finally:
     signal.signal(signal.SIGTERM, previous)
   watch.failed(message)
   stop_now(message)
+
+
+def _collective_failure(error: Exception, watch: PeerWatch) -> str | None:
+  """The sentence for a collective whose peer has gone (the CPU collectives raise it as a
+  ValueError naming Gloo), None for any other error."""
+  import jax
+  if not (isinstance(error, jax.errors.JaxRuntimeError) or
+          (isinstance(error, ValueError) and 'Gloo' in str(error))):
+    return None
+  detail = ' '.join(str(error).split()).replace('INTERNAL: Error dispatching computation: ', '')
+  return watch.peer_error() or (
+      f'process {jax.process_index()} lost contact with the rest of the run, a collective '
+      f'failed ({_shorten(detail)}): another process stopped or cannot be reached, and its log '
+      f'says why; {watch.resume_hint()}')
+
+
+def _unexpected_failure(e: Exception, watch: PeerWatch) -> str:
+  """A bug's sentence; its traceback goes to this process's log."""
+  import jax
+  logging.exception('process %d failed', jax.process_index())
+  return (f'process {jax.process_index()} failed with {type(e).__name__}: '
+          f'{_shorten(" ".join(str(e).split()))} (the traceback is in process '
+          f'{jax.process_index()}\'s log); {watch.resume_hint()}')
 
 
 def is_primary() -> bool:

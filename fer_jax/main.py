@@ -9,6 +9,7 @@ Several processes (hosts) train one model together when each is started with the
 JAX finds the cluster itself: Cloud TPU pod slices, SLURM, Open MPI); see fer_jax.distributed.
 """
 import contextlib
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -38,8 +39,12 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from absl import logging
   from fer_jax import distributed
-  resume_hint = ('start every process again with the same command to resume from the latest '
-                 f'checkpoint in {FLAGS.workdir}.')
+  is_new = not os.path.exists(FLAGS.workdir)
+
+  def resume_hint() -> str:
+    from fer_jax import checkpoint
+    return checkpoint.settle_stopped_run(FLAGS.workdir, is_new, distributed.is_primary())
+
   watch = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                   FLAGS.distributed, FLAGS.initialization_timeout,
                                   FLAGS.heartbeat_timeout, resume_hint)

@@ -218,6 +218,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       shutil.rmtree(workdir, ignore_errors=True)
     if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (fer_jax.cli)
       raise Interrupted(checkpoint.what_was_saved(workdir, steps, removed), e) from None
+    if isinstance(e, checkpoint.CheckpointWriteError):
+      raise checkpoint.CheckpointWriteError(
+          f'{str(e).rstrip(".")}; then: {checkpoint.what_was_saved(workdir, steps, removed)}'
+      ) from None
     raise
 
 
@@ -269,6 +273,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       state = state.replace(params=params, batch_stats=batch_stats,
                             ema_params=None if state.ema_params is None else
                             jax.tree_util.tree_map(np.copy, params))
+    if run.epoch < config.num_epochs:  # an epoch saves a best and a latest: room for both, first
+      checkpoints.check_room(_state_tree(state), 2,
+                             "this model's checkpoints (a best and a latest, saved each epoch)")
     if primary:
       model_summary = models.summary(model, {'params': state.params,
                                              'batch_stats': state.batch_stats})
@@ -330,8 +337,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         raise FerJaxError(
             f'training diverged in epoch {epoch}: the train loss is {train_objective:.4g}'
             + (f', over 100x epoch 1\'s {first_loss:.4g}' if np.isfinite(train_objective) else '')
-            + f'; the checkpoints of epoch {run.epoch} and before are kept. Lower config.head_lr / '
-            'config.backbone_lr or check the data, then resume or start a new --workdir.')
+            + (f'; the checkpoints of epoch {run.epoch} and before are kept' if run.epoch else
+               '; nothing was saved before it') + '. Lower config.head_lr / config.backbone_lr '
+            '(or config.weight_decay), or check the data, then rerun (a rerun resumes from the '
+            'latest checkpoint, with the new rates) or start a new --workdir.')
       train_seconds = time.perf_counter() - epoch_start
       if recalibration_faces and state.batch_stats:
         state = state.replace(

@@ -184,6 +184,22 @@ def test_a_stopped_process_stops_the_others_and_the_run_resumes(tmp_path):
   assert len(metrics.read_history(workdir)) == done + 1
 
 
+def test_a_process_lost_before_the_first_checkpoint_leaves_no_workdir(tmp_path):
+  workdir = tmp_path / 'early'
+  runs = start(tmp_path, 'early', 2, 1, GENERATED + ['--heartbeat_timeout=10'], 'early')
+  deadline = time.monotonic() + 300
+  while not workdir.exists():  # process 0 has made the run's new workdir
+    assert time.monotonic() < deadline and runs[0].popen.poll() is None, runs[0].stderr[-2000:]
+    time.sleep(0.1)
+  runs[1].popen.send_signal(signal.SIGKILL)
+  assert runs[0].wait(timeout=120) == 1
+  last = runs[0].last_line()
+  assert last.endswith(f'nothing was saved before the first checkpoint, and the new workdir '
+                       f'{workdir} was removed; start every process again with the same command '
+                       'to start again.'), last
+  assert not workdir.exists() and 'Traceback' not in runs[0].stderr
+
+
 def test_processes_with_different_configs_or_an_indivisible_batch_are_refused(tmp_path):
   different = start(tmp_path, 'different', 2, 1, GENERATED, 'different',
                     extra={1: ['--config.seed=7']})

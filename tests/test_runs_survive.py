@@ -1,8 +1,10 @@
 """Runs that survive: killed at any save, the same run comes back with its best checkpoint intact;
 one run per workdir; readers never see a half-written step; environment faults and nonsense
 values are one sentence; nothing is left behind."""
+import contextlib
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,12 +158,49 @@ def test_read_only_and_full_disks_are_one_sentence(tmp_path):
   # 20 MiB holds the run's small files but not a 77 MiB checkpoint (params and Adam's moments).
   assert _mount_tmpfs(tmp_path / 'full', 'size=20m')
   try:
-    with pytest.raises(FerJaxError, match=r'the best checkpoint \(step 2\) needs about \d+ MiB, but '
-                                          r'.*full/run/checkpoints/best has \d+ MiB free; free some space'):
+    with pytest.raises(FerJaxError, match=r"no room for this model's checkpoints \(a best and a latest, "
+                                          r'saved each epoch\): about \d+ MiB needed in .*full/run/checkpoints, '
+                                          r'which has \d+ MiB free; free some space .*; then: '
+                                          r'nothing was saved before the first checkpoint, and the '
+                                          r'new workdir .* was removed'):
       train.train_and_evaluate(_small_config(), str(tmp_path / 'full' / 'run'))
     assert not os.path.exists(tmp_path / 'full' / 'run'), 'the failed start left its workdir'
   finally:
     subprocess.run(['umount', '-l', str(tmp_path / 'full')])
+
+
+def test_a_disk_that_fills_during_a_save_is_one_sentence(tmp_path):
+  """Another writer takes the space after the free-space check, while Orbax writes the first
+  checkpoint: one line, no thread's traceback, and the new workdir is gone."""
+  if not _mount_tmpfs(tmp_path / 'disk', 'size=300m'):
+    pytest.skip('cannot mount a tmpfs here')
+  workdir, filler = tmp_path / 'disk' / 'run', tmp_path / 'disk' / 'filler'
+  try:
+    run = subprocess.Popen(
+        [sys.executable, '-m', 'fer_jax.main', '--config', 'configs/smoke.py', '--workdir',
+         str(workdir), '--config.data.source=generated', '--config.data.generated_train_size=64',
+         '--config.data.max_train_examples=64', '--config.progress_bar=false'],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not _leftovers(workdir):  # Orbax has begun the step's temporary folder
+      assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-2000:]
+      time.sleep(0.01)
+    with open(filler, 'wb') as f:  # takes every free byte
+      with contextlib.suppress(OSError):
+        while True:
+          f.write(bytes(2**20))
+          f.flush()
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r'error: could not write the best checkpoint \(step 2\) to .*/best: No space '
+                        r'left on device \(0 MiB free there\); free some space or fix the folder; '
+                        r'then: nothing was saved before the first checkpoint, and the new workdir '
+                        r'.* was removed; rerun the same command to start again.', last), last
+    assert 'Traceback' not in stderr and len(stderr) < 5000, stderr[-3000:]
+    assert not workdir.exists()
+  finally:
+    subprocess.run(['umount', '-l', str(tmp_path / 'disk')])
 
 
 def test_resuming_with_a_config_that_changes_the_state_is_one_sentence(tmp_path):
