@@ -82,3 +82,17 @@ def test_fast_cpu_flag_is_set_once_and_can_be_turned_off(monkeypatch):
   monkeypatch.setenv('FER_JAX_FAST_CPU', '0')
   cli.configure_cpu_backend(True)
   assert os.environ['XLA_FLAGS'] == ''
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+  """`evaluate ... | head -1`: the report's first line, then no BrokenPipeError traceback."""
+  from conftest import random_rows, write_csv
+  csv = write_csv(tmp_path / 'faces.csv', random_rows(40, usages=('PublicTest',)))
+  run = subprocess.Popen([sys.executable, '-m', 'fer_jax.evaluate', '--pretrained', '--data',
+                          str(csv), '--tta', 'none', '--workdir', str(tmp_path / 'reports')],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  assert run.stdout.readline()  # then the reader is gone, as `head -1` goes
+  run.stdout.close()
+  _, stderr = run.communicate(timeout=600)
+  assert run.returncode == 1, stderr[-2000:]
+  assert 'Traceback' not in stderr and 'BrokenPipeError' not in stderr, stderr[-2000:]
