@@ -134,6 +134,14 @@ def test_index_links_every_page():
   assert not missing, f'docs/index.md does not link {sorted(missing)}'
 
 
+def test_training_page_lists_every_config():
+  with open(os.path.join(ROOT, 'docs', 'training.md'), encoding='utf-8') as f:
+    rows = set(re.findall(r'^\| `(configs/\w+\.py)` \|', f.read(), re.M))
+  configs = {relative(p) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+             if not p.endswith('__init__.py')}
+  assert not configs - rows, f'docs/training.md\'s table lacks {sorted(configs - rows)}'
+
+
 def test_slug_follows_github():
   assert slug("Fields beyond the reference's recipe") == 'fields-beyond-the-references-recipe'
   assert slug('4. SGD vs Adam (one GPU, full data)') == '4-sgd-vs-adam-one-gpu-full-data'
