@@ -28,7 +28,7 @@ PENDING_PAGES = frozenset({
 # Commands the README shows whose module or flag is being added alongside these docs; accepted
 # only while the module does not exist or does not define the flag.
 PENDING_MODULES = frozenset({'fer_jax.serve'})
-PENDING_FLAGS = frozenset({('fer_jax.predict', 'sample')})
+PENDING_FLAGS = frozenset({('fer_jax.predict', 'sample'), ('fer_jax.predict', 'explain')})
 # Flags absl defines for every program.
 ABSL_FLAGS = frozenset({'help', 'helpshort', 'helpfull', 'helpxml', 'flagfile', 'undefok',
                         'logtostderr', 'alsologtostderr', 'log_dir', 'verbosity', 'v',
@@ -282,7 +282,7 @@ def test_every_readme_command_parses():
   assert not problems, '\n'.join(problems)
 
 
-OUTPUT_FLAGS = ('--out', '--annotate', '--csv', '--json_out', '--workdir')
+OUTPUT_FLAGS = ('--out', '--annotate', '--csv', '--json_out', '--workdir', '--explain')
 
 
 def test_readme_commands_use_no_files_nobody_has():
