@@ -11,7 +11,7 @@ augmentation (flip, +-10 deg rotation, shifts of 10 %, zooms of 15 %, 5 deg shea
 The CPU-sized recipe of the earlier shipped weights is configs/best_cpu.py.
 
 Reached (the shipped weights, docs/model_card.md; experiments/README.md, study 4): 68.12 %
-PublicTest at epoch 167 (EMA weights; 69.27 % with flip TTA, 70.94 % with ten crops, at the stored
+PublicTest at epoch 167 (EMA weights; 69.27 % with flip TTA, 70.91 % with ten crops, at the stored
 temperature) on one H100 GPU, at ~1.0 s per epoch and ~55 s of start-up. That run was stopped after epoch 186 of 271 and resumed
 from 185 with --config.num_epochs=205 (no better epoch came); epochs 1-167 of this file follow its
 schedule. Its curve is within 2 points of its best by epoch 50 and peaks mid-run, so a shorter
