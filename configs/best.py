@@ -8,7 +8,7 @@ L2 5e-4, both groups at 0.01 (from scratch a 1e-5 backbone barely moves), a two-
 into a cosine decay to zero, label smoothing 0.1, random erasing on half the faces, an exponential
 moving average of the weights (0.999) for evaluation and serving, dropout_rate 0.3, light geometric
 augmentation (flip, +-10 deg rotation, shifts of 10 %, zooms of 15 %, 5 deg shear), batch 64.
-The CPU-sized recipe of the earlier shipped weights is configs/best_cpu.py.
+The CPU-sized recipe is configs/best_cpu.py.
 
 Reached (the shipped weights, docs/model_card.md; experiments/README.md, study 4): 68.12 %
 PublicTest at epoch 167 (EMA weights; 69.27 % with flip TTA, 70.91 % with ten crops, at the stored
