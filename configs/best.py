@@ -8,11 +8,11 @@ L2 5e-4, both groups at 0.01 (from scratch a 1e-5 backbone barely moves), a two-
 into a cosine decay to zero, label smoothing 0.1, random erasing on half the faces, an exponential
 moving average of the weights (0.999) for evaluation and serving, dropout_rate 0.3, light geometric
 augmentation (flip, +-10 deg rotation, shifts of 10 %, zooms of 15 %, 5 deg shear), batch 64.
-The CPU-sized recipe of the earlier shipped weights is configs/best_cpu.py.
+The CPU-sized recipe is configs/best_cpu.py.
 
-Reached (the shipped weights, README "Model card"; experiments/README.md, study 4): 68.12 %
-PublicTest at epoch 167 (EMA weights; 69.30 % with flip TTA, 70.97 % with ten crops) on one H100,
-at ~1.0 s per epoch and ~55 s of start-up. That run was stopped after epoch 186 of 271 and resumed
+Reached (the shipped weights, docs/model_card.md; experiments/README.md, study 4): 68.12 %
+PublicTest at epoch 167 (EMA weights; 69.27 % with flip TTA, 70.91 % with ten crops, at the stored
+temperature) on one H100 GPU, at ~1.0 s per epoch and ~55 s of start-up. That run was stopped after epoch 186 of 271 and resumed
 from 185 with --config.num_epochs=205 (no better epoch came); epochs 1-167 of this file follow its
 schedule. Its curve is within 2 points of its best by epoch 50 and peaks mid-run, so a shorter
 cosine (~100 epochs) is worth trying. On a 2-core CPU an epoch takes 4-8 min: use an accelerator.

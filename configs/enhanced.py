@@ -4,7 +4,7 @@
 
 Data: config.data.csv_path, else $FER2013_PATH, else the TFDS manual dir. On a 2-core CPU an epoch
 takes ~3.5 min. Its backbone rate (1e-5) suits pretrained backbones: from random weights the model
-stays at the majority class (24.9 % PublicTest after 2 epochs; README, "Quick start"), so add
+stays at the majority class (24.9 % PublicTest after 2 epochs; docs/training.md), so add
 --config.backbone_lr=1e-3, or use configs/quick.py.
 """
 import ml_collections
@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.generated_train_size = 2048
   config.data.generated_eval_size = 512
 
-  # The reference's 11 steps with the magnitudes of its PyTorch pipeline (README, "Augmentation").
+  # The reference's 11 steps with the magnitudes of its PyTorch pipeline (docs/training.md).
   config.augment = ml_collections.ConfigDict()
   config.augment.steps = 'flip,rotate,affine,perspective,contrast,brightness,sharpness,clahe,noise'
   config.augment.flip_prob = 0.5

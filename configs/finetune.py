@@ -7,7 +7,7 @@ Starts from the shipped weights (config.init_from='pretrained'; or a workdir of 
 same seven classes every layer is taken; with others (say happy / sad / neutral) the last dense
 layer starts fresh and the backbone is held still for the first epoch while it learns. Then the
 backbone at 1e-4 and the head at 1e-3 (Adam, cosine), light augmentation, 10 epochs.
-Figures: README, "Bring your own faces".
+Figures: docs/finetune.md.
 """
 import ml_collections
 

@@ -6,7 +6,7 @@ Both parameter groups at 1e-3 (a randomly initialised backbone needs it; configs
 1e-5 suits pretrained backbones), Adam with a short warm-up into a cosine decay to zero over the
 5 epochs, label smoothing 0.1, dropout_rate 0.3, light geometric augmentation (flip, +-10 deg
 rotation, small shifts / zooms / shear), batch 64. On a 2-core CPU: 53.16 % PublicTest after
-25 minutes (README, "Quick start").
+25 minutes (docs/training.md).
 """
 import ml_collections
 

@@ -5,7 +5,7 @@
 The optimiser of configs/best_cpu.py (Adam, both groups 1e-3, half an epoch of warm-up into a cosine
 decay, label smoothing 0.1, dropout_rate 0.3, batch 64), so 512 steps get well past the majority
 class; the reference's 11 augmentation steps at their full magnitudes (configs/enhanced.py), switched
-per trial by the study. About 9 min per trial on a 2-core CPU.
+per trial by the study. About 11 min per trial on a 2-core CPU.
 """
 import ml_collections
 

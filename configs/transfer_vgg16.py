@@ -8,7 +8,7 @@ from a file you pass (Keras .h5, or a torchvision state_dict as .safetensors / .
 fer_jax/models/weights.py); '' trains from scratch. The first conv is made one-channel by summing
 its RGB kernels ('luminance' weighs them instead). The reference's learning rates: backbone 1e-5,
 head 1e-3, everything else as configs/enhanced.py. Size and speed against the upsampled route:
-README, "Transfer learning".
+experiments/README.md, "Transfer learning: native vs upsampled".
 """
 import ml_collections
 

@@ -5,7 +5,7 @@
 48x48 grey -> 224x224 (bilinear) -> grey copied to three channels -> VGG16 with its own classifier
 (25088 -> 4096 -> 4096 -> 7, dropout 0.5). It trains through the same loop
 (`python -m fer_jax.main --config configs/upsampled_224_rgb.py`), but at roughly 20x the cost of
-configs/transfer_vgg16.py per face on this CPU (README, "Transfer learning").
+configs/transfer_vgg16.py per face on this CPU (experiments/README.md).
 """
 import ml_collections
 

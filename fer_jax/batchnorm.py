@@ -5,8 +5,8 @@ Dropout before a BatchNorm changes the variance it sees (the reference puts Drop
 block's first conv and dropout before every hidden dense layer), so in evaluation mode the stored
 statistics no longer match the activations. Measured on the configs/best_cpu.py run after epoch 2,
 same weights, all 3,589 PublicTest faces: 27.61 % with the running averages, 43.58 % with
-statistics re-measured on 4,096 clean Training faces (43.35 % with 1,024; README, "BatchNorm
-statistics"). `recalibrate` re-measures them exactly: the population mean and (biased) variance
+statistics re-measured on 4,096 clean Training faces (43.35 % with 1,024; experiments/README.md,
+"BatchNorm statistics"). `recalibrate` re-measures them exactly: the population mean and (biased) variance
 over the given faces, with dropout off and no augmentation. It changes no parameter, so training is unaffected; only what evaluation and checkpoints use.
 """
 import re
