@@ -168,7 +168,9 @@ def test_concurrent_requests_share_compiled_calls_and_nothing_compiles(server, p
                             range(12)))
   rows = [a.json()['faces'] for a in answers]
   assert all(a.status_code == 200 for a in answers)
-  assert all(r == rows[0] for r in rows) and rows[0][0]['emotion'] == 'happy'
+  for row in rows:  # the same answer in whichever batch size a request's face went
+    assert [r['emotion'] for r in row] == ['happy']
+    assert row[0]['probabilities'] == pytest.approx(rows[0][0]['probabilities'], abs=2e-6)
   after = httpx.get(f'{server}/healthz').json()
   assert after['requests'] - before['requests'] == 12
   assert after['batches'] - before['batches'] < 12  # some requests were classified together

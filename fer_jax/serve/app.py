@@ -160,7 +160,9 @@ def create_app(batcher: Batcher, model_info: dict[str, Any], max_upload_bytes: i
   detecting = threading.Lock()  # one OpenCV detector network, shared: one search at a time
   model = {'labels': predictor.labels, 'tta': predictor.tta, 'temperature': predictor.temperature,
            'detector': predictor.detector, 'align': predictor.align,
-           'batch_sizes': batcher.sizes, 'max_upload_mb': max_upload_bytes / 2 ** 20, **model_info}
+           'batch_sizes': batcher.sizes,
+           'call_ms': {size: round(1e3 * cost, 1) for size, cost in batcher.costs.items()},
+           'max_upload_mb': max_upload_bytes / 2 ** 20, **model_info}
   # fastapi-offline serves the OpenAPI pages' scripts itself (FastAPI's own load from a CDN).
   app = FastAPIOffline(title='fer_jax', version=model_info.get('version', ''),
                        description='Facial expressions of every face in an image. The page is '
@@ -231,7 +233,8 @@ def create_app(batcher: Batcher, model_info: dict[str, Any], max_upload_bytes: i
 
   @app.get('/v1/model')
   async def model_card() -> dict[str, Any]:
-    """The model served: labels, TTA, temperature, parameter count, version and source."""
+    """The model served: labels, TTA, temperature, parameter count, version and source; the
+    batch sizes of its compiled calls and what a call of each took at start-up (call_ms)."""
     return model
 
   @app.get('/healthz')

@@ -2,12 +2,14 @@
 
     python -m fer_jax.bench --serve [--json_out=serve_load.json]
 
-Starts `python -m fer_jax.serve --pretrained` on 127.0.0.1 (a free port), then for each workload
-(a 512x512 photo with one face, searched; a 48x48 face crop, `detect=false`) times 1, 4 and 16
-concurrent clients, each level bounded in requests and in seconds: requests/s, p50 / p99
-latency, and every request accounted for (answered with the baseline's emotion, failed, or lost).
-The baseline is the same image through `Predictor.predict_faces` in this process, one call per
-image, with nothing else running. The server's resident memory is read at start and at end.
+The baseline: each workload's image (a 512x512 photo with one face, searched; a 48x48 face crop,
+`detect=false`) through `Predictor.predict_faces` in this process, one call per image, with no
+server up. Then `python -m fer_jax.serve --pretrained` on 127.0.0.1 (a free port), as shipped
+and with one compiled call per face (SERVERS), each under 1, 4 and 16 concurrent clients, each
+level bounded in requests and in seconds: requests/s, p50 / p99 latency, and every request
+accounted for (answered with the baseline's emotion, failed, or lost). Each server's resident
+memory is read after its start-up and at the end. The clients run in this process, on the same
+CPU as the server.
 """
 import concurrent.futures
 import contextlib
@@ -147,60 +149,78 @@ def hammer(url: str, image: bytes, query: dict[str, str], clients: int, requests
           'first_failures': failures[:3]}
 
 
-def run(clients: tuple[int, ...] = CLIENTS, requests: int = 64, max_seconds: float = 60.0,
-        baseline_calls: int = 16, server_args: tuple[str, ...] = ('--pretrained',)
+# The server as shipped, and the same server with one compiled call per face and no wait: what
+# batching across requests changes, measured in the same run.
+SERVERS = {'batched': ('--pretrained',),
+           'one call per face': ('--pretrained', '--max_batch_faces=1', '--batch_wait_ms=0')}
+
+
+def run(clients: tuple[int, ...] = CLIENTS, requests: int = 32, max_seconds: float = 45.0,
+        baseline_calls: int = 16, servers: dict[str, tuple[str, ...]] | None = None
         ) -> dict[str, Any]:
-  """The load report: per workload the baseline and one row per client count, and the server's
-  memory at start (after its warm-up) and at end."""
+  """The load report: per workload the in-process baseline, then for each server configuration
+  one row per client count, its compiled calls and its memory at start (after its warm-up) and
+  at end."""
   import httpx
   from fer_jax.predictor import Predictor
-  report: dict[str, Any] = {'server_args': list(server_args), 'requests_per_level': requests,
-                            'max_seconds_per_level': max_seconds, 'workloads': {}}
+  servers = SERVERS if servers is None else servers
+  report: dict[str, Any] = {'requests_per_level': requests, 'max_seconds_per_level': max_seconds,
+                            'baseline': {}, 'servers': {}}
   loads = workloads()
-  with running_server(list(server_args)) as (url, pid):
-    model = httpx.get(f'{url}/v1/model').json()
-    report['model'] = {k: model[k] for k in ('version', 'tta', 'batch_sizes')}
-    report['server_rss_mb_start'] = rss_mb(pid)
-    # The baseline runs while the server idles, so neither slows the other.
-    predictor = Predictor.pretrained(tta=model['tta'])
-    for name, (image, query) in loads.items():
-      detect = False if query.get('detect') == 'false' else None
-      report['workloads'][name] = {'baseline': baseline(predictor, image, detect, baseline_calls),
-                                   'server': []}
-    del predictor
-    before = httpx.get(f'{url}/healthz').json()
-    for name, (image, query) in loads.items():
-      emotion = report['workloads'][name]['baseline']['emotion']
-      for count in clients:
-        row = hammer(url, image, query, count, requests, max_seconds, emotion)
-        row['vs_baseline'] = round(row['requests_per_second']
-                                   / report['workloads'][name]['baseline']['per_second'], 2)
-        report['workloads'][name]['server'].append(row)
-        print(f'{name:10s} {count:3d} clients: {row["requests_per_second"]:7.2f} req/s, p50 '
-              f'{row["p50_ms"]} ms, p99 {row["p99_ms"]} ms, {row["failed"]} failed, '
-              f'{row["lost"]} lost', file=sys.stderr, flush=True)
-    after = httpx.get(f'{url}/healthz').json()
-    report['server_calls'] = {k: after[k] - before[k] for k in ('requests', 'calls', 'compiles')}
-    report['server_rss_mb_end'] = rss_mb(pid)
+  # The baseline runs with no server up, so neither slows the other.
+  predictor = Predictor.pretrained()
+  report['tta'] = predictor.tta
+  for name, (image, query) in loads.items():
+    detect = False if query.get('detect') == 'false' else None
+    report['baseline'][name] = baseline(predictor, image, detect, baseline_calls)
+  del predictor
+  for server, args in servers.items():
+    with running_server(list(args)) as (url, pid):
+      model = httpx.get(f'{url}/v1/model').json()
+      result = {'args': list(args), 'version': model['version'], 'tta': model['tta'],
+                'batch_sizes': model['batch_sizes'], 'call_ms': model['call_ms'],
+                'rss_mb_start': rss_mb(pid), 'rows': {}}
+      before = httpx.get(f'{url}/healthz').json()
+      for name, (image, query) in loads.items():
+        result['rows'][name] = []
+        for count in clients:
+          row = hammer(url, image, query, count, requests, max_seconds,
+                       report['baseline'][name]['emotion'])
+          row['vs_baseline'] = round(row['requests_per_second']
+                                     / report['baseline'][name]['per_second'], 2)
+          result['rows'][name].append(row)
+          print(f'{server}: {name}, {count} clients: {row["requests_per_second"]:.2f} req/s, '
+                f'p50 {row["p50_ms"]} ms, p99 {row["p99_ms"]} ms, {row["failed"]} failed, '
+                f'{row["lost"]} lost', file=sys.stderr, flush=True)
+      after = httpx.get(f'{url}/healthz').json()
+      result['counts'] = {k: after[k] - before[k] for k in ('requests', 'batches', 'calls',
+                                                            'compiles')}
+      result['rss_mb_end'] = rss_mb(pid)
+    report['servers'][server] = result
   return report
 
 
 def table(report: dict[str, Any]) -> str:
   """The report as a Markdown table (docs/serve.md)."""
-  lines = ['| workload | clients | requests | req/s | x one call each | p50 ms | p99 ms | failed | '
-           'lost |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
-  for name, result in report['workloads'].items():
-    base = result['baseline']
-    lines.append(f'| {name}: one Predictor call each | - | {base["calls"]} | '
+  lines = ['| workload | served by | clients | requests | req/s | x one Predictor call each | '
+           'p50 ms | p99 ms | failed | lost |', '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+  for name, base in report['baseline'].items():
+    lines.append(f'| {name} | one Predictor call each, in process | 1 | {base["calls"]} | '
                  f'{base["per_second"]} | 1.00 | {base["p50_ms"]} | - | - | - |')
-    for row in result['server']:
-      lines.append(f'| {name}: server | {row["clients"]} | {row["answered"]} | '
-                   f'{row["requests_per_second"]} | {row["vs_baseline"]:.2f} | {row["p50_ms"]} | '
-                   f'{row["p99_ms"]} | {row["failed"]} | {row["lost"]} |')
-  calls = report['server_calls']
-  lines += ['', f'Server RSS {report["server_rss_mb_start"]:.0f} MiB after start-up, '
-            f'{report["server_rss_mb_end"]:.0f} MiB at the end; {calls["requests"]} requests in '
-            f'{calls["calls"]} compiled calls, {calls["compiles"]} compilations while serving.']
+    for server, result in report['servers'].items():
+      for row in result['rows'][name]:
+        lines.append(f'| {name} | server, {server} | {row["clients"]} | {row["answered"]} | '
+                     f'{row["requests_per_second"]} | {row["vs_baseline"]:.2f} | '
+                     f'{row["p50_ms"]} | {row["p99_ms"]} | {row["failed"]} | {row["lost"]} |')
+  lines.append('')
+  for server, result in report['servers'].items():
+    counts = result['counts']
+    call_ms = ', '.join(f'{size} faces {ms} ms' for size, ms in result['call_ms'].items())
+    lines.append(f'- {server} (`{" ".join(result["args"])}`; a call at start-up: {call_ms}): '
+                 f'RSS {result["rss_mb_start"]:.0f} MiB after start-up, {result["rss_mb_end"]:.0f} '
+                 f'MiB at the end; {counts["requests"]} requests in {counts["batches"]} batches '
+                 f'and {counts["calls"]} compiled calls; {counts["compiles"]} compilations while '
+                 'serving.')
   return '\n'.join(lines)
 
 
@@ -213,8 +233,8 @@ def main(json_out: str = '') -> dict[str, Any]:
   if json_out:
     with open(json_out, 'w') as f:
       json.dump(report, f, indent=2)
-  bad = sum(row['failed'] + row['lost'] for result in report['workloads'].values()
-            for row in result['server'])
+  bad = sum(row['failed'] + row['lost'] for result in report['servers'].values()
+            for rows in result['rows'].values() for row in rows)
   if bad:
     raise FerJaxError(f'{bad} requests failed or were lost under load (see first_failures in the '
                       'report); the server should answer every one.')
