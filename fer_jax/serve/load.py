@@ -215,8 +215,9 @@ def table(report: dict[str, Any]) -> str:
   lines.append('')
   for server, result in report['servers'].items():
     counts = result['counts']
-    call_ms = ', '.join(f'{size} faces {ms} ms' for size, ms in result['call_ms'].items())
-    lines.append(f'- {server} (`{" ".join(result["args"])}`; a call at start-up: {call_ms}): '
+    call_ms = ', '.join(f'{ms} ms for {size}' for size, ms in result['call_ms'].items())
+    lines.append(f'- {server} (`{" ".join(result["args"])}`; one call of each batch size at '
+                 f'start-up: {call_ms}): '
                  f'RSS {result["rss_mb_start"]:.0f} MiB after start-up, {result["rss_mb_end"]:.0f} '
                  f'MiB at the end; {counts["requests"]} requests in {counts["batches"]} batches '
                  f'and {counts["calls"]} compiled calls; {counts["compiles"]} compilations while '
