@@ -199,6 +199,7 @@ def create_app(batcher: Batcher, model_info: dict[str, Any], max_upload_bytes: i
                         status_code=500)
 
   def find(data: bytes, detect: bool | None) -> tuple[np.ndarray, list, tuple[int, int]]:
+    """Predictor.find_faces, with the image decoded outside the detector's lock."""
     rgb, grey, scale = load_image(data)
     with detecting:
       crops, boxes = faces.face_crops(rgb, grey, scale, detect, predictor.detector,
