@@ -18,6 +18,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Iterator
@@ -32,9 +33,11 @@ CLIENTS = (1, 4, 16)
 @contextlib.contextmanager
 def running_server(args: list[str], timeout_s: float = 600.0) -> Iterator[tuple[str, int]]:
   """`python -m fer_jax.serve <args> --port=0` in a subprocess: yields (its URL, its pid) once it
-  serves, and stops it with SIGTERM afterwards. Its stderr is this process's."""
+  serves, and stops it with SIGTERM afterwards. What it wrote on stderr is passed on to this
+  process's stderr at the end, except its start-up and stop lines."""
+  log = tempfile.TemporaryFile('w+')
   process = subprocess.Popen([sys.executable, '-m', 'fer_jax.serve', *args, '--port=0'],
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=log, text=True)
   lines: queue.Queue = queue.Queue()
   threading.Thread(target=lambda: [lines.put(line) for line in process.stdout] + [lines.put('')],
                    daemon=True).start()
@@ -47,7 +50,7 @@ def running_server(args: list[str], timeout_s: float = 600.0) -> Iterator[tuple[
         raise FerJaxError(f'the server did not start within {timeout_s:.0f} s.') from None
       if not line:
         raise FerJaxError(f'the server exited with status {process.wait()} before serving; its '
-                          'error is above.')
+                          'error line is on stderr.')
       if line.startswith('serving on '):
         url = line.split()[2].rstrip('/')
     yield url, process.pid
@@ -59,6 +62,11 @@ def running_server(args: list[str], timeout_s: float = 600.0) -> Iterator[tuple[
       except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    log.seek(0)
+    for line in log:
+      if not line.startswith(('compiling the model', 'error: interrupted by SIGTERM')):
+        sys.stderr.write(line)
+    log.close()
 
 
 def rss_mb(pid: int) -> float | None:
