@@ -48,6 +48,8 @@ def define_flags() -> None:
   flags.DEFINE_list('scaling', ['1x1', '1x2', '2x1'], 'PROCESSESxDEVICES layouts to time the '
                     'train step on, each in fresh processes; empty = none.')
   flags.DEFINE_integer('scaling_batch', 64, 'Global batch of the scaling rows.')
+  flags.DEFINE_bool('serve', False, 'Instead of the rows above: the HTTP server under 1, 4 and 16 '
+                    'concurrent clients beside one Predictor call per image (fer_jax.serve.load).')
   flags.DEFINE_string('scaling_worker', '', 'Internal: run as one process of a scaling layout, '
                       'given as PROCESSES:PORT:PROCESS_ID.')
 
@@ -335,6 +337,10 @@ def main(argv: list[str]) -> None:
   del argv
   if FLAGS.scaling_worker:
     scaling_worker(FLAGS.scaling_worker, FLAGS.scaling_batch, FLAGS.steps)
+    return
+  if FLAGS.serve:
+    from fer_jax.serve import load
+    load.main(FLAGS.json_out and cli.prepare_output(FLAGS.json_out, '--json_out'))
     return
   layouts = parse_layouts(FLAGS.scaling)
   check_torch_dir(FLAGS.torch_dir, with_pipeline=bool(FLAGS.data))

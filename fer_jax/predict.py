@@ -124,15 +124,22 @@ def define_flags() -> None:
                       'with several a folder that gets <name>_annotated.png|.mp4 per input.')
 
 
+def face_rows(found: list[Any]) -> list[dict]:
+  """predict --json's row of each of an image's faces (fer_jax.predictor.Prediction, largest
+  first): its index, box (x, y, w, h) or None, emotion, confidence and probabilities, to 6 places.
+  The server answers with the same rows."""
+  return [{'face': index, 'box': list(p.box) if p.box else None, 'emotion': p.emotion,
+           'confidence': round(p.confidence, 6),
+           'probabilities': {k: round(v, 6) for k, v in p.probabilities.items()}}
+          for index, p in enumerate(found)]
+
+
 def _photo_rows(predictor: Any, path: str, detect: bool | None, annotate: str | None) -> list[dict]:
   found = predictor.predict_faces(path, detect)
   if not found:
     raise FerJaxError(f'no face found ({predictor.detector}); if the image is a face crop '
                       'already, pass --no_detect.')
-  rows = [{'face': index, 'box': list(p.box) if p.box else None, 'emotion': p.emotion,
-           'confidence': round(p.confidence, 6),
-           'probabilities': {k: round(v, 6) for k, v in p.probabilities.items()}}
-          for index, p in enumerate(found)]
+  rows = face_rows(found)
   if annotate:
     _annotate_photo(path, rows, annotate)
   return rows

@@ -15,6 +15,7 @@ own pixels. An image that would decode to more than MAX_DECODED_PIXELS is refuse
 sentence, whatever its format (about 0.5 GB of RGB while loading).
 """
 import contextlib
+import io
 import os
 import threading
 import warnings
@@ -157,9 +158,10 @@ def _register_heif() -> None:
 
 
 def load_image(source: Any) -> tuple[np.ndarray, np.ndarray, float]:
-  """A path, PIL image or array -> (uint8 RGB, uint8 grey, how many original pixels one of their
-  pixels spans). Arrays are (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of any integer or float
-  dtype (the module docstring's depth rule). Raises FerJaxError naming the file."""
+  """A path, the bytes of an image file (an upload), PIL image or array -> (uint8 RGB, uint8
+  grey, how many original pixels one of their pixels spans). Arrays are (H, W), (H, W, 1),
+  (H, W, 3) or (H, W, 4) of any integer or float dtype (the module docstring's depth rule).
+  Raises FerJaxError naming the file ("the uploaded file" for bytes)."""
   if isinstance(source, np.ndarray):
     if source.ndim == 3 and source.shape[-1] == 1:
       source = source[..., 0]
@@ -173,6 +175,10 @@ def load_image(source: Any) -> tuple[np.ndarray, np.ndarray, float]:
     return np.asarray(image.convert('RGB')), np.asarray(image.convert('L')), 1.0
   if isinstance(source, Image.Image):
     return _shrunk(source, max(source.size))
+  if isinstance(source, (bytes, bytearray, memoryview)):
+    if not len(source):
+      raise FerJaxError('the uploaded file is empty (0 bytes); send an image file.')
+    return _decoded('the uploaded file', io.BytesIO(source))
   path = os.fspath(source)
   if not os.path.isfile(path):
     raise FerJaxError(f'{path} does not exist; check the path.')
@@ -181,14 +187,20 @@ def load_image(source: Any) -> tuple[np.ndarray, np.ndarray, float]:
   if path.lower().endswith(UNREADABLE_IMAGE_EXTENSIONS):
     raise FerJaxError(f'{path}: {os.path.splitext(path)[1]} images are not read; export it as JPEG '
                       'or PNG.')
-  if path.lower().endswith(('.heic', '.heif')):
+  return _decoded(path, path)
+
+
+def _decoded(name: str, file: Any) -> tuple[np.ndarray, np.ndarray, float]:
+  """load_image of a path or a binary file object, within the module docstring's size bounds."""
+  heic = name.lower().endswith(('.heic', '.heif'))
+  if heic or not isinstance(file, str):  # an upload may be a HEIC photo under any name
     _register_heif()
   # Pillow's warnings (its size limit, which MAX_DECODED_PIXELS replaces; corrupt EXIF) say
   # nothing a user can act on; what matters becomes an error sentence.
   try:
     with _without_pil_pixel_limit(), warnings.catch_warnings():
       warnings.simplefilter('ignore')
-      image = Image.open(path)
+      image = Image.open(file)
     with image, warnings.catch_warnings():
       warnings.simplefilter('ignore')
       width, height = image.size
@@ -196,15 +208,16 @@ def load_image(source: Any) -> tuple[np.ndarray, np.ndarray, float]:
       decoded = image.size[0] * image.size[1]
       if decoded > MAX_DECODED_PIXELS:
         raise FerJaxError(
-            f'{path} is {width}x{height} pixels ({decoded / 1e6:.0f} MP to decode), more than the '
+            f'{name} is {width}x{height} pixels ({decoded / 1e6:.0f} MP to decode), more than the '
             f'{MAX_DECODED_PIXELS / 1e6:.0f} MP fer_jax decodes at once; save it as a JPEG '
             '(decoded at a reduced size) or shrink it first.')
       return _shrunk(image, max(width, height))
   except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
     kind = 'truncated or damaged' if 'truncated' in str(e).lower() else 'not an image PIL can read'
-    hint = (' (HEIC needs pip install pillow-heif)' if path.lower().endswith(('.heic', '.heif'))
-            else '')
-    raise FerJaxError(f'{path} is {kind} ({e}){hint}; pass a PNG, JPEG or other image file.'
+    # An upload's own reason names only Pillow's in-memory file object.
+    reason = '' if isinstance(e, UnidentifiedImageError) and not isinstance(file, str) else f' ({e})'
+    hint = ' (HEIC needs pip install pillow-heif)' if heic else ''
+    raise FerJaxError(f'{name} is {kind}{reason}{hint}; pass a PNG, JPEG or other image file.'
                       ) from None
 
 
