@@ -1,6 +1,6 @@
 """Saliency maps: where on a 48x48 face a model's score for a class comes from.
 
-Two methods, both jitted, both returning float32 maps of shape (batch, 48, 48) in face pixels:
+Two methods, both built of jitted steps, both returning float32 maps of shape (batch, 48, 48) in face pixels:
 
 - Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via
   Gradient-based Localization"): the activations A (h, w, k) of a conv layer weighted by the
@@ -145,15 +145,11 @@ def _grad_cam(model, variables, pixels, targets, layer):
   return jax.image.resize(cam, (len(pixels), *FACE_SHAPE), 'bilinear')
 
 
-def _integrated_gradients(model, variables, pixels, baseline, targets, steps):
-  gradient = jax.grad(lambda p: _target_score(model, variables, p, targets)[0])
-
-  def add_point(i, total):
-    alpha = (i + 0.5) / steps
-    return total + gradient(baseline + alpha * (pixels - baseline))
-
-  total = jax.lax.fori_loop(0, steps, add_point, jnp.zeros_like(pixels))
-  return ((pixels - baseline) * total / steps)[..., 0]
+@functools.partial(jax.jit, static_argnames='model')
+def _path_gradient(model, variables, pixels, baseline, targets, alpha):
+  """d logit / d pixels at baseline + alpha (pixels - baseline): one point of the path."""
+  return jax.grad(lambda p: _target_score(model, variables, p, targets)[0])(
+      baseline + alpha * (pixels - baseline))
 
 
 def blurred(pixels: jax.Array, sigma: float) -> jax.Array:
@@ -167,23 +163,42 @@ def pix_blur(image: jax.Array, sigma: float) -> jax.Array:
   return dm_pix.gaussian_blur(image, sigma, kernel_size=int(4 * sigma) | 1)
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'method', 'layer', 'baseline', 'blur_sigma'))
+@functools.partial(jax.jit, static_argnames=('model', 'layer'))
+def _grad_cam_jit(model, variables, pixels, targets, layer):
+  return _grad_cam(model, variables, pixels, targets, layer)
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _predicted(model, variables, pixels, targets):
+  """targets with -1 replaced by the model's predicted class."""
+  return jnp.where(targets < 0, jnp.argmax(_logits(model, variables, pixels)[0], axis=-1), targets)
+
+
+@functools.partial(jax.jit, static_argnames=('baseline', 'blur_sigma'))
+def _noisy_and_baseline(pixels, key, noise, *, baseline, blur_sigma):
+  noisy = pixels + noise * 255.0 * jax.random.normal(key, pixels.shape)
+  return noisy, jnp.zeros_like(noisy) if baseline == 'black' else blurred(noisy, blur_sigma)
+
+
 def _maps(model, variables, pixels, targets, key, steps, samples, noise, *, method, layer,
           baseline, blur_sigma):
-  """The jitted core: predicted targets filled in, then the method averaged over `samples`
-  noisy copies (samples=1, noise=0: the method itself). steps and samples are traced, so changing
-  them does not recompile."""
-  predicted = jnp.argmax(_logits(model, variables, pixels)[0], axis=-1)
-  targets = jnp.where(targets < 0, predicted, targets)
-
-  def one_sample(i, total):
-    noisy = pixels + noise * 255.0 * jax.random.normal(jax.random.fold_in(key, i), pixels.shape)
+  """Predicted targets filled in, then the method averaged over `samples` noisy copies
+  (samples=1, noise=0: the method itself). The loops over samples and path points run here,
+  each point one jitted call: on a CPU that measured about 3x faster than a jax.lax.fori_loop
+  around the same gradient, and steps and samples never recompile."""
+  targets = _predicted(model, variables, pixels, targets)
+  total = jnp.zeros((len(pixels), *FACE_SHAPE))
+  for sample in range(samples):
+    noisy, base = _noisy_and_baseline(pixels, jax.random.fold_in(key, sample), noise,
+                                      baseline=baseline, blur_sigma=blur_sigma)
     if method == 'grad_cam':
-      return total + _grad_cam(model, variables, noisy, targets, layer)
-    base = jnp.zeros_like(noisy) if baseline == 'black' else blurred(noisy, blur_sigma)
-    return total + _integrated_gradients(model, variables, noisy, base, targets, steps)
-
-  total = jax.lax.fori_loop(0, samples, one_sample, jnp.zeros((len(pixels), *FACE_SHAPE)))
+      total = total + _grad_cam_jit(model, variables, noisy, targets, layer)
+      continue
+    gradient = jnp.zeros_like(pixels)
+    for step in range(steps):
+      gradient = gradient + _path_gradient(model, variables, noisy, base, targets,
+                                           (step + 0.5) / steps)
+    total = total + ((noisy - base) * gradient / steps)[..., 0]
   return total / samples
 
 
@@ -204,7 +219,8 @@ def explain(model: nn.Module, variables: dict[str, Any], faces: Any, targets: An
       spatial layer (cnn48: block5, 3x3x512).
     baseline: integrated gradients' baseline, 'black' (pixels 0) or 'blurred' (Gaussian blur of
       `blur_sigma` pixels).
-    steps: integrated gradients' points along the path; the completeness error falls as 1/steps.
+    steps: integrated gradients' points along the path (midpoint rule); on the shipped model
+      the completeness error measured about 2 % at 64 steps and 1 % at 256.
     smoothgrad_samples: average the map over this many noisy copies (SmoothGrad, Smilkov et al.
       2017); 0: no noise. noise: its standard deviation as a share of 255. seed: its draws.
 
@@ -223,7 +239,7 @@ def explain(model: nn.Module, variables: dict[str, Any], faces: Any, targets: An
     raise ExplainError(f'baseline={baseline!r} is unknown; use one of {", ".join(BASELINES)}.')
   if steps < 1 or smoothgrad_samples < 0:
     raise ExplainError(f'steps={steps} and smoothgrad_samples={smoothgrad_samples} must be at '
-                       'least 1 and 0; 64 steps keep completeness within about 1 %.')
+                       'least 1 and 0; 256 steps keep completeness within about 1 %.')
   pixels = check_faces(faces)
   num_classes = jax.eval_shape(lambda p: _logits(model, variables, p)[0], pixels[:1]).shape[-1]
   targets = check_targets(targets, len(pixels), num_classes)
@@ -251,6 +267,10 @@ def integrated_gradients(model: nn.Module, variables: dict[str, Any], faces: Any
 def target_logits(model: nn.Module, variables: dict[str, Any], faces: Any,
                   targets: Any) -> np.ndarray:
   """(N,) the logit of each face's target class: what the maps explain (for completeness checks)."""
-  pixels = check_faces(faces)
-  logits = np.asarray(jax.jit(lambda p: _logits(model, variables, p)[0])(pixels))
+  logits = np.asarray(_forward(model, variables, check_faces(faces)))
   return logits[np.arange(len(logits)), np.asarray(targets)]
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _forward(model, variables, pixels):
+  return _logits(model, variables, pixels)[0]
