@@ -119,7 +119,8 @@ def explain_parts(predictor, faces, labels, predicted, results) -> None:
   print()
   fig, axis = plt.subplots(figsize=(5.5, 4))
   for name, curve in curves.items():
-    axis.plot(FRACTIONS, curve, 'o-', label=f'{name} (area {results["deletion"]["area"][name]:.3f})')
+    area = results['deletion']['area'][name]
+    axis.plot(FRACTIONS, curve, 'o-', label=f'{name} (area {area:.3f})')
   axis.set_xlabel('share of pixels set to grey, most salient first')
   axis.set_ylabel(f'accuracy ({len(faces)} PublicTest faces)')
   axis.grid(alpha=0.3)
@@ -186,7 +187,8 @@ def cost(predictor, faces, predicted, results) -> None:
                batch, predicted[:16], 'integrated_gradients', steps=FLAGS.steps,
                baseline='blurred')}
   results['ms_per_face'] = {}
-  print(f'## Cost, batch of {len(batch)} faces\n\n| method | ms per face | x forward |\n|---|---:|---:|')
+  print(f'## Cost, batch of {len(batch)} faces\n')
+  print('| method | ms per face | x forward |\n|---|---:|---:|')
   for name, fn in costs.items():
     results['ms_per_face'][name] = 1000 * timed(fn) / len(batch)
     ratio = results['ms_per_face'][name] / results['ms_per_face']['forward (logits)']

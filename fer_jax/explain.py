@@ -1,6 +1,7 @@
 """Saliency maps: where on a 48x48 face a model's score for a class comes from.
 
-Two methods, both built of jitted steps, both returning float32 maps of shape (batch, 48, 48) in face pixels:
+Two methods, both built of jitted steps, both returning float32 maps of shape (batch, 48, 48),
+one value per face pixel:
 
 - Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via
   Gradient-based Localization"): the activations A (h, w, k) of a conv layer weighted by the
@@ -75,8 +76,9 @@ def resolve_layer(model: nn.Module, variables: dict[str, Any], layer: str | None
   """The module path of `layer` (None: the last spatial layer, for cnn48 block5's output)."""
   names = layer_names(model, variables)
   if not names:
-    raise ExplainError(f'{type(model).__name__} has no layer with a (batch, h, w, channels) output, '
-                       'so Grad-CAM has nothing to weigh; use method="integrated_gradients".')
+    raise ExplainError(f'{type(model).__name__} has no layer with a (batch, h, w, channels) '
+                       'output, so Grad-CAM has nothing to weigh; use '
+                       'method="integrated_gradients".')
   if layer is None:
     return list(names.values())[-1]
   if layer not in names:
@@ -107,7 +109,8 @@ def check_targets(targets: Any, num_faces: int, num_classes: int) -> jax.Array:
   bad = [int(t) for t in targets if not -1 <= t < num_classes]
   if bad:
     raise ExplainError(f'target class {bad[0]} is out of range for a model with {num_classes} '
-                       f'classes; use 0 to {num_classes - 1}, or None (or -1) for the predicted class.')
+                       f'classes; use 0 to {num_classes - 1}, or None (or -1) for the predicted '
+                       'class.')
   return jnp.asarray(targets, jnp.int32)
 
 
@@ -155,12 +158,8 @@ def _path_gradient(model, variables, pixels, baseline, targets, alpha):
 def blurred(pixels: jax.Array, sigma: float) -> jax.Array:
   """The faces under a Gaussian blur of `sigma` pixels (dm-pix; kernel 4 sigma + 1 wide, edges
   zero-padded as pix does, so the baseline darkens towards the border)."""
-  return jax.vmap(lambda p: pix_blur(p, sigma))(pixels)
-
-
-def pix_blur(image: jax.Array, sigma: float) -> jax.Array:
   import dm_pix
-  return dm_pix.gaussian_blur(image, sigma, kernel_size=int(4 * sigma) | 1)
+  return jax.vmap(lambda p: dm_pix.gaussian_blur(p, sigma, kernel_size=int(4 * sigma) | 1))(pixels)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'layer'))
@@ -257,7 +256,8 @@ def grad_cam(model: nn.Module, variables: dict[str, Any], faces: Any, targets: A
 
 
 def integrated_gradients(model: nn.Module, variables: dict[str, Any], faces: Any,
-                         targets: Any = None, baseline: str = 'black', steps: int = 64) -> jax.Array:
+                         targets: Any = None, baseline: str = 'black',
+                         steps: int = 64) -> jax.Array:
   """Integrated gradients (N, 48, 48) in logits (Sundararajan et al. 2017); `explain` with
   method='integrated_gradients'."""
   return explain(model, variables, faces, targets, 'integrated_gradients', baseline=baseline,
