@@ -11,7 +11,7 @@ On the first --faces PublicTest faces (shipped weights, no TTA), prints Markdown
 3. integrated gradients' completeness error on --completeness_faces faces against steps;
 4. milliseconds per face for each method (batch 16, after a warm-up call) beside the plain
    forward pass, measured in the same run (integrated gradients' cost grows linearly with steps).
-Writes explain_deletion.png and explain_regions.png into --out, and explain_study.json. About 15
+Writes explain_deletion.png and explain_regions.png into --out, and explain_study.json. About 6
 minutes at the defaults on a loaded 2-core CPU.
 """
 import json
