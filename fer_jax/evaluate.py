@@ -37,6 +37,9 @@ def define_flags() -> None:
   flags.DEFINE_bool('calibrate', False, 'Fit the temperature of the confidences on this split (it '
                     'must be validation, PublicTest) for the first --tta variant, and store it in '
                     '<workdir>/calibration.json, where predict and Predictor.from_workdir read it.')
+  flags.DEFINE_integer('explain', 0, 'Also draw the mean Grad-CAM map per true class and per most '
+                       'common confusion over the first N faces (fer_jax.explain), into '
+                       'explain_<split>.png; 0 = none.')
 
 
 def main(argv: list[str]) -> None:
@@ -47,6 +50,9 @@ def main(argv: list[str]) -> None:
   from fer_jax import evaluation
   from fer_jax.predictor import Predictor
   evaluation.check_tta(FLAGS.tta)
+  if FLAGS.explain and (FLAGS.explain < 0 or len(FLAGS.data) > 1):
+    raise FerJaxError(f'--explain={FLAGS.explain} draws N > 0 faces of one dataset; pass a '
+                      'positive count and a single --data.')
   if FLAGS.calibrate and len(FLAGS.data) > 1:
     raise FerJaxError('--calibrate fits on one dataset; pass a single --data.')
   out_dir = FLAGS.workdir or 'pretrained_eval'
@@ -129,6 +135,14 @@ def _one_dataset(predictor, data: str, out_dir: str) -> None:
                                                      report['reliability_calibrated'])},
       reliability, f'{split}, TTA {first}')
   print(f'wrote {path}, {png} and {reliability}')
+  if FLAGS.explain > 0:
+    from fer_jax import explain_figures
+    faces, labels = evaluation.load_eval_data(data, split, predictor.labels)
+    figure = os.path.join(out_dir, f'explain_{split}.png')
+    explain_figures.explain_split(predictor, faces, labels, FLAGS.explain, first, figure,
+                                  f'{split}: mean Grad-CAM over the first '
+                                  f'{min(FLAGS.explain, len(faces))} faces, TTA {first}')
+    print(f'wrote {figure}')
 
 
 if __name__ == '__main__':

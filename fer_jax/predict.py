@@ -122,6 +122,11 @@ def define_flags() -> None:
   flags.DEFINE_string('annotate', None, 'Write each input with boxes, emotions and confidences '
                       'drawn: with one input this file (.png / .jpg for a photo, .mp4 for a video), '
                       'with several a folder that gets <name>_annotated.png|.mp4 per input.')
+  flags.DEFINE_string('explain', None, 'Write one PNG per face of every photo and crop into this '
+                      'folder: the crop, its saliency map, the top-2 emotions and, for photos, the '
+                      'map in the photo (fer_jax.explain; videos are classified only).')
+  flags.DEFINE_enum('explain_method', 'grad_cam', ['grad_cam', 'integrated_gradients'],
+                    'The map --explain draws (integrated gradients: 64 steps, black baseline).')
 
 
 def face_rows(found: list[Any]) -> list[dict]:
@@ -190,6 +195,11 @@ def run(files: list[Any], predictor: Any, as_json: bool, detect: bool | None,
                 + ' '.join(f'{p:7.3f}' for p in row['probabilities'].values()), flush=frames)
       if frames and not count:
         raise FerJaxError(f'no face found in any sampled frame ({predictor.detector}).')
+      if FLAGS.explain and not frames:
+        from fer_jax import explain_figures
+        written = explain_figures.write_explanations(predictor, path, detect, FLAGS.explain,
+                                                     FLAGS.explain_method)
+        print(f'wrote {len(written)} explanation(s) to {FLAGS.explain}', file=sys.stderr)
       if path in annotations:
         print(f'wrote the annotated {"video" if frames else "photo"} to '
               f'{annotations[path]}', file=sys.stderr)
@@ -231,6 +241,8 @@ def main(argv: list[str]) -> None:
   # Every output path is checked (its folder made) before any work.
   csv_path = cli.prepare_output(FLAGS.csv, '--csv') if FLAGS.csv else None
   annotations = annotation_paths(files, FLAGS.annotate)
+  if FLAGS.explain:
+    cli.prepare_folder(FLAGS.explain, '--explain')
   from fer_jax.predictor import Predictor
   options = dict(tta=FLAGS.tta, detector=FLAGS.detector, align=not FLAGS.no_align)
   predictor = (Predictor.pretrained(**options) if FLAGS.pretrained else

@@ -166,6 +166,22 @@ class Predictor:
     logits = self.logits(np.concatenate(views)).reshape(len(views), len(faces), -1)
     return calibrated(logits, self.temperature)
 
+  def explain(self, faces: np.ndarray, targets: Any = None, method: str = 'grad_cam',
+              **options: Any) -> np.ndarray:
+    """float32 (N, 48, 48) saliency maps of uint8 (N, 48, 48[, 1]) faces (fer_jax.explain:
+    Grad-CAM or integrated gradients, options as explain.explain takes them) for `targets`
+    (default: the classes this predictor predicts, with its TTA), in batches of at most 64."""
+    from fer_jax import explain
+    faces = as_faces(faces)
+    if targets is None:
+      targets = self.probabilities(faces).argmax(-1)
+    targets = np.broadcast_to(np.asarray(targets), (len(faces),))
+    step = min(self.batch_size, 64)
+    maps = [np.asarray(explain.explain(self.model, self.variables, faces[i:i + step],
+                                       targets[i:i + step], method, **options))
+            for i in range(0, len(faces), step)]
+    return np.concatenate(maps) if maps else np.zeros((0, 48, 48), np.float32)
+
   def to_prediction(self, probabilities: np.ndarray) -> Prediction:
     best = int(np.argmax(probabilities))
     return Prediction(self.labels[best], float(probabilities[best]),
