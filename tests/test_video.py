@@ -62,16 +62,29 @@ def _decoded(path: str) -> list[np.ndarray]:
     frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
+def _iou(a, b) -> float:
+  ax, ay, aw, ah = a
+  bx, by, bw, bh = b
+  inter = max(0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0, min(ay + ah, by + bh) - max(ay, by))
+  return inter / (aw * ah + bw * bh - inter)
+
+
 def test_each_frame_row_is_predict_on_that_frame(clip, predictor):
-  rows = list(video.predict_video(predictor, clip, every=1, smooth=1.0, progress=False))
+  """search='full' is predict on each frame; the tracked search finds the same box (IoU >= 0.9)
+  and the same emotion."""
+  rows = list(video.predict_video(predictor, clip, every=1, smooth=1.0, progress=False,
+                                  search='full'))
+  tracked = list(video.predict_video(predictor, clip, every=1, smooth=1.0, progress=False))
   decoded = _decoded(clip)
-  assert [r['frame'] for r in rows] == list(range(8)) == list(range(len(decoded)))
-  assert {r['track'] for r in rows} == {0}  # one person, one track
-  for row, frame in zip(rows, decoded):
+  assert [r['frame'] for r in rows] == [r['frame'] for r in tracked] == list(range(8)) == list(
+      range(len(decoded)))
+  assert {r['track'] for r in rows} == {r['track'] for r in tracked} == {0}  # one person, one track
+  for row, fast, frame in zip(rows, tracked, decoded):
     (expected,) = predictor.predict_faces(frame)
     assert tuple(row['box']) == expected.box
     np.testing.assert_allclose(list(row['probabilities'].values()),
                                list(expected.probabilities.values()), atol=1e-5)
+    assert _iou(fast['box'], row['box']) >= 0.9 and fast['emotion'] == row['emotion']
   assert rows[-1]['box'][0] - rows[0]['box'][0] > 100  # the face moved; the track followed
   assert rows[3]['time_s'] == pytest.approx(0.3)
 
@@ -151,9 +164,7 @@ def test_one_face_keeps_one_track_under_sampling_and_a_whole_video_passes(moving
 
 def _ids(tracker: video.Tracker, samples: list[tuple[int, list]]) -> list[list[int]]:
   """Track ids of each (frame, boxes) sample's boxes, in their order."""
-  uniform = np.full((1, 7), 1 / 7)
-  return [[t.id for t in tracker.update(boxes, np.repeat(uniform, len(boxes), 0), frame)]
-          for frame, boxes in samples]
+  return [[t.id for t in tracker.update(boxes, frame)] for frame, boxes in samples]
 
 
 def test_a_fast_face_sampled_every_4th_frame_keeps_its_track():
