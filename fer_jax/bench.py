@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from absl import flags
 
-from fer_jax import FerJaxError, cli
+from fer_jax import FerJaxError, cli, video_bench
 
 FLAGS = flags.FLAGS
 TORCH_SCRIPTS = ('torch_reference.py', 'torch_seed_pipeline.py')  # what --torch_dir holds
@@ -48,6 +48,9 @@ def define_flags() -> None:
   flags.DEFINE_list('scaling', ['1x1', '1x2', '2x1'], 'PROCESSESxDEVICES layouts to time the '
                     'train step on, each in fresh processes; empty = none.')
   flags.DEFINE_integer('scaling_batch', 64, 'Global batch of the scaling rows.')
+  flags.DEFINE_bool('video', False, 'Time videos instead (fer_jax/video_bench.py): the tracked '
+                    'face search beside a full search of every frame.')
+  video_bench.define_flags()
   flags.DEFINE_string('scaling_worker', '', 'Internal: run as one process of a scaling layout, '
                       'given as PROCESSES:PORT:PROCESS_ID.')
 
@@ -333,6 +336,9 @@ def _row(name: str, batch: Any, ours: float, theirs: float | None, memory: str =
 
 def main(argv: list[str]) -> None:
   del argv
+  if FLAGS.video:
+    video_bench.main(cli.prepare_output(FLAGS.json_out, '--json_out') if FLAGS.json_out else '')
+    return
   if FLAGS.scaling_worker:
     scaling_worker(FLAGS.scaling_worker, FLAGS.scaling_batch, FLAGS.steps)
     return

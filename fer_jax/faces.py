@@ -191,20 +191,23 @@ def detect_blazeface(rgb: np.ndarray, threshold: float = 0.75) -> list[Face]:
 
 class VideoSearch:
   """Faces in a video's frames at a bounded cost a frame, where a photo's full search (_tiles: 86
-  BlazeFace passes at 640x480) costs ~40x more. Each frame gets: the whole frame (faces down to
-  ~1/8 of its longer side, found the frame they appear); a window of `window` box sizes around
-  each tracked face's predicted box (a face the whole frame is too coarse for is kept at its own
-  scale); and the next `tiles_per_frame` tiles of the full search in turn, so every tile is
-  searched once every `sweep` frames and a small face entering anywhere is found within that.
-  Detections are merged as in a photo (merge_candidates)."""
+  BlazeFace passes at 640x480, 120 at 1920x1080) costs 10-20x more. Each frame gets: the whole
+  frame (faces of ~1/5 of its longer side and up, found the frame they appear); a window of
+  `window` box sizes around each tracked face's predicted box (each face at its own scale); and
+  the next `tiles_per_frame` tiles of each size of the full search in turn (half and a quarter of
+  the shorter side), so every tile is searched once every `sweep` frames and a face the full
+  search finds is found within that many frames of entering. Detections are merged as in a
+  photo (merge_candidates)."""
 
-  def __init__(self, height: int, width: int, tiles_per_frame: int = 3, window: float = 2.0,
+  def __init__(self, height: int, width: int, tiles_per_frame: int = 2, window: float = 2.0,
                threshold: float = 0.75):
     squares = _tiles(height, width)
-    self.whole, self.tiles = squares[0], squares[1:]
-    self.tiles_per_frame, self.window, self.threshold = tiles_per_frame, window, threshold
-    self.sweep = max(1, math.ceil(len(self.tiles) / max(tiles_per_frame, 1)))
-    self.next_tile = 0
+    self.whole, self.tiles_per_frame = squares[0], tiles_per_frame
+    self.groups = [[t for t in squares[1:] if t[2] == side]
+                   for side in sorted({t[2] for t in squares[1:]}, reverse=True)]
+    self.window, self.threshold = window, threshold
+    self.sweep = max([math.ceil(len(g) / tiles_per_frame) for g in self.groups], default=1)
+    self.turn = 0
 
   def squares(self, predicted: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int]]:
     """The squares searched in the next frame, given the tracked faces' predicted boxes."""
@@ -212,9 +215,11 @@ class VideoSearch:
     for x, y, w, h in predicted:
       side = max(int(round(self.window * max(w, h))), 16)
       squares.append((int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2)), side))
-    for _ in range(min(self.tiles_per_frame, len(self.tiles))):
-      squares.append(self.tiles[self.next_tile])
-      self.next_tile = (self.next_tile + 1) % len(self.tiles)
+    for group in self.groups:
+      turns = math.ceil(len(group) / self.tiles_per_frame)
+      start = (self.turn % turns) * self.tiles_per_frame
+      squares += group[start:start + self.tiles_per_frame]
+    self.turn += 1
     return squares
 
   def __call__(self, rgb: np.ndarray, predicted: list[tuple[int, int, int, int]]) -> list[Face]:

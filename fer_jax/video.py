@@ -287,6 +287,18 @@ class Window:
       fer_faces._cv2().destroyWindow(self.title)
 
 
+def classify(predictor: Any, crops: list[np.ndarray], views: int) -> np.ndarray:
+  """(N, classes) probabilities of the crops, in calls whose views fill one of the Predictor's
+  batch sizes exactly (a padded batch costs as much as a full one)."""
+  sizes = sorted({max(size // views, 1) for size in predictor.buckets if size <= BATCH}, reverse=True)
+  out, start = [np.zeros((0, len(predictor.labels)), np.float32)], 0
+  while start < len(crops):
+    size = next(s for s in sizes if s <= len(crops) - start)
+    out.append(predictor.probabilities(np.stack(crops[start:start + size])))
+    start += size
+  return np.concatenate(out)
+
+
 STAGES = ('decode', 'detect', 'crop', 'classify', 'track', 'write')
 
 
@@ -294,7 +306,8 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
                   annotate: str | None = None, progress: bool = True, search: str = 'track',
                   live: bool | None = None, show: bool | None = None,
                   stages: dict[str, float] | None = None) -> Iterator[dict]:
-  """One row per face per sampled frame: frame, time_s, track, box, emotion, confidence,
+  """One row per face per sampled frame of `source` (a path, a camera index or an opened
+  cv2.VideoCapture-like object): frame, time_s, track, box, emotion, confidence,
   probabilities (smoothed along the track), for the tracks kept (MIN_HITS). `search='track'`
   finds BlazeFace faces with VideoSearch; 'full' searches each frame as a photo (detect_faces).
   Faces of several frames are classified in one call of at most BATCH views; a live source
@@ -309,7 +322,7 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
   cv2 = fer_faces._cv2()
   live = isinstance(source, int) if live is None else live
   tracker = Tracker(smooth, patience=max(PATIENCE, 3 * every))
-  capture = open_capture(source)
+  capture = source if hasattr(source, 'read') else open_capture(source)
   fps, total = frame_rate(capture), 0 if live else stated_frames(capture)
   from fer_jax.predictor import TTA_VARIANTS
   views = len(TTA_VARIANTS[predictor.tta](np.zeros((1, 48, 48, 1), np.uint8)))
@@ -321,6 +334,9 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
   for stage in STAGES:
     timer.setdefault(stage, 0.0)
   bar = metrics.ProgressBar(max(total, 1), 'frames', enabled=progress and total > 0)
+  if live:  # compile and load before the first frame, so the stream starts in the present
+    classify(predictor, [np.zeros((48, 48), np.uint8)] * (capacity + capacity // 2 + 1), views)
+    fer_faces.detect_squares(np.zeros((128, 128, 3), np.uint8), [(0, 0, 128)])
   reader = Reader(capture, every, decoding, live)
   start, sampled, pending, held = time.perf_counter(), 0, [], collections.deque()
   full_searches = 0
@@ -340,8 +356,7 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
     """Classifies the pending frames' faces; returns the last frame's rows (shown and drawn)."""
     clock = time.perf_counter()
     crops = [c for _, _, frame_crops, _, _ in pending for c in frame_crops]
-    probabilities = (predictor.probabilities(np.stack(crops)) if crops
-                     else np.zeros((0, len(predictor.labels))))
+    probabilities = classify(predictor, crops, views)
     timer['classify'] += time.perf_counter() - clock
     offset, rows = 0, []
     for index, seconds, frame_crops, boxes, tracks in pending:
@@ -367,7 +382,7 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
       else:
         finder = finder or fer_faces.VideoSearch(*grey.shape)
         found = finder(rgb, tracker.predicted(index))
-        if tracker.missing([f.box for f in found], index):  # lost: search this frame whole
+        if sampled == 1 or tracker.missing([f.box for f in found], index):  # first or lost
           found = fer_faces.detect_faces(rgb, predictor.detector)
           full_searches += 1
       timer['detect'] += (now := time.perf_counter()) - clock

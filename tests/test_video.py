@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 from skimage import data as skimage_data
 
-from fer_jax import FerJaxError, video
+from fer_jax import FerJaxError, faces as fer_faces, video
 from fer_jax.predictor import Predictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,3 +234,86 @@ def test_a_count_off_by_1_frame_or_1_percent_is_no_shortfall():
   assert video.shortfall('camera 0', 500, 0, 30.0) is None  # no count, no error
   assert video.shortfall('a.avi', 58, 60, 30.0).startswith('a.avi: decoded 58 of the 60 frames')
   assert video.shortfall('a.mkv', 989, 1000, 30.0).startswith('a.mkv: decoded 989 of the 1000')
+
+
+ENTRY = 24  # the frame the small face enters
+
+
+@pytest.fixture(scope='module')
+def entry_clip(tmp_path_factory) -> str:
+  """40 frames of 480x320: face A (an ~80 px box, found in the whole frame) walks right and is
+  hidden in frames 12-21; face C (as large) flashes in frames 4-5 only; face B (a ~44 px box,
+  which only the tiles find) enters at frame ENTRY and stays."""
+  path = str(tmp_path_factory.mktemp('video') / 'entry.mp4')
+  face = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)[20:260, 110:350]
+  big = cv2.resize(face, (200, 200), interpolation=cv2.INTER_AREA)
+  small = cv2.resize(face[:, ::-1], (100, 100), interpolation=cv2.INTER_AREA)
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), 25, (480, 320))
+  for i in range(40):
+    frame = np.full((320, 480, 3), 90, np.uint8)
+    if not 12 <= i < 22:
+      frame[60:260, 2 * i:200 + 2 * i] = big
+    if i in (4, 5):
+      frame[0:200, 270:470] = big
+    if i >= ENTRY:
+      frame[210:310, 370:470] = small
+    writer.write(frame)
+  writer.release()
+  return path
+
+
+@pytest.mark.parametrize('search', ['track', 'full'])
+def test_entry_gaps_and_false_tracks(entry_clip, search):
+  """A face entering is found within VideoSearch.sweep frames (at once by a full search); a face
+  hidden for 10 frames keeps its id; one seen in 2 frames (< MIN_HITS) is dropped."""
+  predictor = Predictor.pretrained(tta='none')
+  rows = list(video.predict_video(predictor, entry_clip, progress=False, search=search))
+  by_track: dict[int, list[dict]] = {}
+  for row in rows:
+    by_track.setdefault(row['track'], []).append(row)
+  assert len(by_track) == 2, {t: [r['frame'] for r in rs] for t, rs in by_track.items()}
+  walker, entrant = sorted(by_track.values(), key=lambda rs: rs[0]['frame'])
+  assert [r['frame'] for r in walker] == [f for f in range(40) if not 12 <= f < 22]
+  assert all(r['box'][0] < 260 for r in walker)  # the flash at x >= 270 left no row
+  bound = 0 if search == 'full' else fer_faces.VideoSearch(320, 480).sweep
+  assert bound == {'full': 0, 'track': 8}[search]
+  assert ENTRY <= entrant[0]['frame'] <= ENTRY + bound
+  assert [r['frame'] for r in entrant] == list(range(entrant[0]['frame'], 40))
+
+
+class _PacedCapture:
+  """A file read at 5 frames/s, as a camera delivers them: read() waits for the next frame."""
+
+  def __init__(self, path: str, frames: int):
+    self.capture, self.left, self.next = cv2.VideoCapture(path), frames, None
+
+  def read(self):
+    self.next = (self.next or time.perf_counter()) + 0.2
+    time.sleep(max(self.next - time.perf_counter(), 0))
+    self.left -= 1
+    return self.capture.read() if self.left >= 0 else (False, None)
+
+  def grab(self):
+    return self.read()[0]
+
+  def get(self, prop):
+    return 5.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+  def release(self):
+    self.capture.release()
+
+
+def test_the_camera_path_reads_a_file_standing_in_for_the_device(moving_avi):
+  """What --camera N runs (live: newest frame only, classified frame by frame, the window where
+  a display exists) on a file read at a camera's pace: the rows of the frames it took are the
+  file path's rows, one track."""
+  predictor = Predictor.pretrained(tta='none')
+  live = list(video.predict_video(predictor, _PacedCapture(moving_avi, 30), progress=False,
+                                  live=True, smooth=1.0))
+  whole = {r['frame']: r for r in video.predict_video(predictor, moving_avi, progress=False,
+                                                       smooth=1.0)}
+  frames = [r['frame'] for r in live]
+  assert frames == sorted(set(frames)) and len(frames) >= 10 and {r['track'] for r in live} == {0}
+  for row in live:
+    assert _iou(row['box'], whole[row['frame']]['box']) >= 0.9
+    assert row['emotion'] == whole[row['frame']]['emotion']
