@@ -96,13 +96,15 @@ class SyntheticCapture:
 
 
 def _agreement(full: list[dict], track: list[dict]) -> dict[str, Any]:
-  """Faces both searches report in a frame (paired by best IoU), boxes within IoU 0.9, and
-  those with the same emotion."""
+  """Faces both searches report in a frame (paired by best IoU > 0.3), those whose boxes overlap
+  by IoU >= 0.9 and of those the ones with the same emotion, the pairs' mean IoU, and the largest
+  difference in any class's probability between paired faces."""
   from fer_jax.faces import _iou
   by_frame: dict[int, list[dict]] = {}
   for row in track:
     by_frame.setdefault(row['frame'], []).append(row)
-  both = close = same = 0
+  both = close = same = same_all = 0
+  overlaps, gaps = [], []
   for row in full:
     xyxy = lambda b: np.array([b[0], b[1], b[0] + b[2], b[1] + b[3]], float)  # noqa: E731
     ious = [(_iou(xyxy(row['box']), xyxy(o['box'])), o) for o in by_frame.get(row['frame'], [])]
@@ -111,11 +113,16 @@ def _agreement(full: list[dict], track: list[dict]) -> dict[str, Any]:
     iou, other = max(ious, key=lambda t: t[0])
     if iou > 0.3:
       both += 1
+      overlaps.append(iou)
+      same_all += other['emotion'] == row['emotion']
+      gaps.append(max(abs(row['probabilities'][k] - v) for k, v in other['probabilities'].items()))
       if iou >= 0.9:
         close += 1
         same += other['emotion'] == row['emotion']
   return {'faces_full': len(full), 'faces_track': len(track), 'faces_both': both,
-          'iou_ge_0_9': close, 'same_emotion': same,
+          'iou_ge_0_9': close, 'same_emotion': same, 'same_emotion_all_pairs': same_all,
+          'mean_iou': round(float(np.mean(overlaps)), 3) if overlaps else None,
+          'max_probability_gap': round(float(max(gaps)), 4) if gaps else None,
           'tracks_full': len({r['track'] for r in full}),
           'tracks_track': len({r['track'] for r in track})}
 
@@ -182,7 +189,8 @@ def main(json_out: str = '') -> dict[str, Any]:
         clip[f'{search}_{tta}'] = {**figures, 'speedup': round(figures['frames_per_s'] / base, 2)}
         ms = figures['ms_per_frame']
         faces = (f"{agreement['faces_both']} / {agreement['iou_ge_0_9']} / "
-                 f"{agreement['same_emotion']}" if (search, tta) == ('track', 'none') else '')
+                 f"{agreement['same_emotion']} (IoU {agreement['mean_iou']}, max Δp "
+                 f"{agreement['max_probability_gap']})" if (search, tta) == ('track', 'none') else '')
         tracks = agreement[f'tracks_{search}'] if tta == 'none' else ''
         lines.append(f"| {name} | {search} | {tta} | {figures['frames_per_s']:.1f} | "
                      f"{figures['frames_per_s'] / base:.1f}x | "

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from skimage import data as skimage_data
 
-from fer_jax import FerJaxError, faces as fer_faces, video
+from fer_jax import FerJaxError, faces as fer_faces, tracking, video
 from fer_jax.predictor import Predictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,7 +163,7 @@ def test_one_face_keeps_one_track_under_sampling_and_a_whole_video_passes(moving
   assert rows[-1]['box'][0] - rows[0]['box'][0] > 8 * rows[0]['box'][2]  # it crossed the frame
 
 
-def _ids(tracker: video.Tracker, samples: list[tuple[int, list]]) -> list[list[int]]:
+def _ids(tracker: tracking.Tracker, samples: list[tuple[int, list]]) -> list[list[int]]:
   """Track ids of each (frame, boxes) sample's boxes, in their order."""
   return [[t.id for t in tracker.update(boxes, frame)] for frame, boxes in samples]
 
@@ -171,22 +171,22 @@ def _ids(tracker: video.Tracker, samples: list[tuple[int, list]]) -> list[list[i
 def test_a_fast_face_sampled_every_4th_frame_keeps_its_track():
   # 12 px a frame: 48 px between samples, 0.6 of its 80 px box (IoU 0.25).
   samples = [(f, [(100 + 12 * f, 200, 80, 80)]) for f in range(0, 80, 4)]
-  assert _ids(video.Tracker(), samples) == [[0]] * 20
+  assert _ids(tracking.Tracker(), samples) == [[0]] * 20
 
 
 def test_reach_is_0_6_box_sizes_a_frame_from_the_predicted_centre_at_most_2():
   box = lambda x: [(x, 200, 80, 80)]  # noqa: E731
   # 40 px (0.5 box) keeps the id; 40 px a frame is then predicted, and 56 px (0.7) beyond loses it.
-  assert _ids(video.Tracker(), [(0, box(100)), (1, box(140)), (2, box(236))]) == [[0], [0], [1]]
+  assert _ids(tracking.Tracker(), [(0, box(100)), (1, box(140)), (2, box(236))]) == [[0], [0], [1]]
   # 10 frames later a face may have moved 2 box sizes (not 6), from where it stood or was going.
-  assert _ids(video.Tracker(), [(0, box(100)), (10, box(260))]) == [[0], [0]]
-  assert _ids(video.Tracker(), [(0, box(100)), (10, box(270))]) == [[0], [1]]
+  assert _ids(tracking.Tracker(), [(0, box(100)), (10, box(260))]) == [[0], [0]]
+  assert _ids(tracking.Tracker(), [(0, box(100)), (10, box(270))]) == [[0], [1]]
 
 
 def test_a_missed_face_keeps_its_track_for_15_frames_not_longer():
   samples = [(f, [(100 + 12 * f, 200, 80, 80)]) for f in (0, 4, 8, 20, 24, 40)]
   # missed at 12 and 16 (12 frames), then at 28, 32 and 36 (16 frames: the track ended)
-  assert _ids(video.Tracker(), samples) == [[0], [0], [0], [0], [0], [1]]
+  assert _ids(tracking.Tracker(), samples) == [[0], [0], [0], [0], [0], [1]]
 
 
 def test_two_faces_side_by_side_keep_two_tracks():
@@ -195,7 +195,7 @@ def test_two_faces_side_by_side_keep_two_tracks():
     left, right = (100 + 12 * f, 200, 80, 80), (190 + 12 * f, 200, 80, 80)  # 10 px apart
     boxes = [left] if f == 40 else [right, left] if f % 8 else [left, right]
     samples.append((f, boxes))
-  ids = _ids(video.Tracker(), samples)
+  ids = _ids(tracking.Tracker(), samples)
   for (f, boxes), frame_ids in zip(samples, ids):
     assert frame_ids == [0 if b[0] < 100 + 12 * f + 40 else 1 for b in boxes], (f, frame_ids)
 
