@@ -150,16 +150,19 @@ def rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)
 
 
-def memory_run(predictor: Any, frames: int) -> dict[str, Any]:
-  """RSS every 1/10 of a `frames`-frame in-memory 640x480 stream with three faces."""
+def memory_run(predictor: Any, frames: int, shape: tuple[int, int] = (480, 640), count: int = 3,
+               every: int = 1) -> dict[str, Any]:
+  """RSS every 1/10 of a `frames`-frame in-memory stream (`count` faces, every `every`-th frame
+  classified)."""
   from fer_jax import video
   samples, start = [], time.perf_counter()
-  capture = SyntheticCapture((480, 640), 3, frames)
-  for row in video.predict_video(predictor, capture, progress=False):
-    if row['frame'] % max(frames // 10, 1) == 0 and (not samples or samples[-1][0] != row['frame']):
+  capture = SyntheticCapture(shape, count, frames)
+  step = max(frames // 10, 1)
+  for row in video.predict_video(predictor, capture, every=every, progress=False):
+    if row['frame'] >= step * len(samples):
       samples.append((row['frame'], rss_mb()))
-  return {'frames': frames, 'video_s': frames / 30, 'wall_s': round(time.perf_counter() - start, 1),
-          'rss_mb_by_frame': samples}
+  return {'frames': frames, 'shape': shape, 'faces': count, 'every': every, 'video_s': frames / 30,
+          'wall_s': round(time.perf_counter() - start, 1), 'rss_mb_by_frame': samples}
 
 
 def main(json_out: str = '') -> dict[str, Any]:
