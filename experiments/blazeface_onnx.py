@@ -1,15 +1,19 @@
 """How fer_jax/weights/blazeface_short_range.onnx was made from the shipped .tflite (MediaPipe's
 short-range BlazeFace, Apache-2.0): converted by tflite2onnx, then given a free batch dimension
 (the input's first dimension named `batch`, and the four head reshapes told to keep it), so a
-frame's squares run in one onnxruntime call. Checked here against OpenCV DNN on the .tflite.
+frame's squares run in one onnxruntime call. Checked here against OpenCV DNN on the .tflite, and
+both runtimes timed (ms per 128x128 pass, batches of 1 and 8, one thread each).
 
     pip install --target /tmp/t2o --no-deps tflite2onnx==0.4.1 tflite==2.18.0
-    PYTHONPATH=/tmp/t2o:. python experiments/blazeface_onnx.py
+    PYTHONPATH=/tmp/t2o:. python experiments/blazeface_onnx.py --convert   # remake, check, time
+    python experiments/blazeface_onnx.py                                    # check and time
 
 The converter is needed only to remake the file; fer_jax runs the .onnx with onnxruntime.
 """
 import os
+import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -38,10 +42,19 @@ def convert(tflite_path: str, onnx_path: str) -> None:
   onnx.save(model, onnx_path)
 
 
+def _ms_per_pass(run, batch: int, calls: int = 40) -> float:
+  run()
+  start = time.perf_counter()
+  for _ in range(calls):
+    run()
+  return 1000 * (time.perf_counter() - start) / calls / batch
+
+
 def main() -> None:
   import cv2
   import onnxruntime
-  convert(faces.BLAZEFACE_PATH, ONNX_PATH)
+  if '--convert' in sys.argv:
+    convert(faces.BLAZEFACE_PATH, ONNX_PATH)
   rng = np.random.default_rng(0)
   images = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for side in (96, 128, 240, 640)]
   blob = cv2.dnn.blobFromImages(images, 1 / 127.5, (128, 128), (127.5, 127.5, 127.5), swapRB=False)
@@ -53,6 +66,19 @@ def main() -> None:
     want_scores, want_boxes = net.forward(['classificators', 'regressors'])
     print(f'image {i}: largest difference, scores {np.abs(scores[i] - want_scores[0]).max():.1e}, '
           f'boxes {np.abs(boxes[i] - want_boxes[0]).max():.1e} (in 128-px input pixels)')
+  cv2.setNumThreads(1)
+  options = onnxruntime.SessionOptions()
+  options.intra_op_num_threads = options.inter_op_num_threads = 1
+  session = onnxruntime.InferenceSession(ONNX_PATH, options, providers=['CPUExecutionProvider'])
+  batch = np.repeat(blob[2:3], 8, 0)
+
+  def opencv(size: int):
+    for i in range(size):
+      net.setInput(batch[i:i + 1])
+      net.forward(['classificators', 'regressors'])
+  for size in (1, 8):
+    print(f'batch {size}: OpenCV DNN {_ms_per_pass(lambda: opencv(size), size):.2f} ms a pass, '
+          f'onnxruntime {_ms_per_pass(lambda: session.run(None, {"input": batch[:size]}), size):.2f}')
 
 
 if __name__ == '__main__':
