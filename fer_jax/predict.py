@@ -3,6 +3,7 @@ with its box, the emotion, a calibrated confidence and every class's probability
 
     python -m fer_jax.predict --pretrained group.jpg face.png photos/ [--json] [--csv out.csv]
     python -m fer_jax.predict --pretrained clip.mp4 --every 5 --annotate clip_annotated.mp4
+    python -m fer_jax.predict --pretrained --tta none --camera 0   # live, shown where a display exists
     python -m fer_jax.predict --workdir runs/quick --tta flip --detector haar photo.jpg
 
 Images up to 64 px on their longer side are taken as face crops; larger ones are searched for

@@ -213,7 +213,7 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
   Faces of several frames are classified in one call of at most BATCH views; a live source
   (default: a camera index) is classified frame by frame, keeping only the newest frame, and
   shown on screen when `show` (default: live) and a display exists. `stages`, when given, gets
-  the seconds spent in each of STAGES. A video that stops early raises FerJaxError after the
+  the seconds spent in each of STAGES and the count of full searches ('full_searches'). A video that stops early raises FerJaxError after the
   rows of every frame it gave."""
   if every < 1:
     raise FerJaxError(f'--every={every} must be at least 1 (1 = every frame).')
@@ -281,8 +281,8 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
         found = fer_faces.detect_faces(rgb, predictor.detector)
       else:
         finder = finder or fer_faces.VideoSearch(*grey.shape)
-        found = finder(rgb, tracker.predicted(index))
-        if sampled == 1 or tracker.missing([f.box for f in found], index):  # first or lost
+        found = finder(rgb, tracker.predicted(index)) if sampled > 1 else None
+        if found is None or tracker.missing([f.box for f in found], index):  # first or lost
           found = fer_faces.detect_faces(rgb, predictor.detector)
           full_searches += 1
       timer['detect'] += (now := time.perf_counter()) - clock
