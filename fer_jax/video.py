@@ -170,7 +170,7 @@ class Window:
         self.open = True
 
   def show(self, bgr: np.ndarray) -> bool:
-    """Shows a drawn frame; False once the user closed the window or pressed q / Esc."""
+    """Shows a drawn frame with the frames/s; False once the user pressed q or Esc."""
     now = time.perf_counter()
     rate, self.last = 1 / max(now - self.last, 1e-6), now
     self.fps = 0.9 * self.fps + 0.1 * rate if self.fps else rate  # a running average
