@@ -8,7 +8,7 @@ milliseconds a frame in each stage of fer_jax.video.STAGES (decode runs on its o
 the stages add up to more than the wall time), for `search='full'` (every frame searched as a
 photo: the whole frame and 85-119 tiles) and `search='track'` (fer_jax.faces.VideoSearch), with
 `--tta none` and `--tta flip`. Agreement: of the faces both searches report in a frame, the share
-whose boxes overlap by IoU >= 0.9 and, of those, the share with the same emotion. Memory: the
+whose boxes overlap by IoU >= 0.9, and the share with the same emotion. Memory: the
 process's RSS while a long synthetic stream is classified frame by frame in memory (no file).
 Absolute figures move with the machine's load; compare the ratios from one run.
 """
@@ -176,7 +176,7 @@ def main(json_out: str = '') -> dict[str, Any]:
   report: dict[str, Any] = {'jax': jax.__version__, 'cpus': os.cpu_count(),
                             'load_average_start': os.getloadavg(), 'clips': {}}
   lines = ['| clip | search | TTA | frames/s | vs full | decode | detect | crop | classify | '
-           'track | write (ms a frame) | faces both / IoU>=0.9 / same emotion | tracks |',
+           'track | write (ms a frame) | faces in both / IoU>=0.9 / same emotion | tracks |',
            '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|']
   with tempfile.TemporaryDirectory() as folder:
     for name, shape, count in CLIPS:
@@ -192,7 +192,7 @@ def main(json_out: str = '') -> dict[str, Any]:
         clip[f'{search}_{tta}'] = {**figures, 'speedup': round(figures['frames_per_s'] / base, 2)}
         ms = figures['ms_per_frame']
         faces = (f"{agreement['faces_both']} / {agreement['iou_ge_0_9']} / "
-                 f"{agreement['same_emotion']} (IoU {agreement['mean_iou']}, max Δp "
+                 f"{agreement['same_emotion_all_pairs']} (IoU {agreement['mean_iou']}, max Δp "
                  f"{agreement['max_probability_gap']})" if (search, tta) == ('track', 'none') else '')
         tracks = agreement[f'tracks_{search}'] if tta == 'none' else ''
         lines.append(f"| {name} | {search} | {tta} | {figures['frames_per_s']:.1f} | "
