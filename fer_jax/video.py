@@ -154,7 +154,7 @@ class Reader:
 
   def close(self) -> None:
     self.stop.set()
-    self.thread.join()
+    self.thread.join(timeout=5)  # a camera that hangs in read() is left to its daemon thread
 
 
 class Window:
