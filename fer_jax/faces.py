@@ -4,11 +4,11 @@ for predict, video and image-folder datasets alike.
 `blazeface` (the default) is MediaPipe's short-range BlazeFace, shipped in the package
 (fer_jax/weights/blazeface_short_range.tflite, Apache-2.0, from mediapipe 0.10.14; the .onnx
 beside it is the same network converted by experiments/blazeface_onnx.py) and run by
-onnxruntime, a batch of squares a call: a box and six landmarks per face, eyes included, so the crop can be turned
-until the eyes are level. Its input is 128x128, so a photo is searched whole and in overlapping
-tiles, which finds faces down to ~1/8 of the photo's shorter side (VideoSearch: the same search
-spread over a video's frames). `haar` is OpenCV's bundled
-frontal-face cascade: no landmarks, upright faces only. Both need `pip install "fer_jax[faces]"`.
+onnxruntime, a batch of squares a call: a box and six landmarks per face, eyes included, so the
+crop can be turned until the eyes are level. Its input is 128x128, so a photo is searched whole
+and in overlapping tiles, which finds faces down to ~1/8 of the photo's shorter side
+(VideoSearch spreads that search over a video's frames). `haar` is OpenCV's bundled frontal-face
+cascade: no landmarks, upright faces only.
 """
 import dataclasses
 import functools
@@ -83,8 +83,8 @@ def _cv2():
   try:
     import cv2
   except ImportError:
-    raise FerJaxError('finding faces needs OpenCV: pip install "fer_jax[faces]" '
-                      '(opencv-python-headless<5), or pass --no_detect for face crops.') from None
+    raise FerJaxError('finding faces needs OpenCV: pip install "opencv-python-headless<5", or '
+                      'pass --no_detect for face crops.') from None
   return cv2
 
 
