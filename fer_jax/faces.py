@@ -93,7 +93,11 @@ def _blazeface_session():
   """BlazeFace in onnxruntime, one thread: 2-3x faster a pass than OpenCV DNN on the .tflite
   (same outputs within 1e-4; experiments/blazeface_onnx.py), and the other core is left to
   decoding and the classifier."""
-  import onnxruntime
+  try:
+    import onnxruntime
+  except ImportError:
+    raise FerJaxError('BlazeFace runs in onnxruntime: pip install "onnxruntime>=1.17", or pass '
+                      '--detector haar (or --no_detect for face crops).') from None
   options = onnxruntime.SessionOptions()
   options.intra_op_num_threads = options.inter_op_num_threads = 1
   return onnxruntime.InferenceSession(BLAZEFACE_ONNX_PATH, options,
