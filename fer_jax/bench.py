@@ -10,7 +10,8 @@ the ratio. Memory: XLA's analysis of each compiled function, and the peak RSS of
 of the PyTorch processes. `--epoch_fractions=0.25,0.5,1` adds epoch time against the number of
 faces; `--steps_per_call=1,8` compares steps per compiled call. `--scaling=1x1,1x2,2x1` times the
 train step on processes x devices (fer_jax.distributed over 127.0.0.1 for more than one process;
-on one CPU a smoke test of that machinery, not a speed-up). Absolute figures move 10-15 %
+on one CPU a smoke test of that machinery, not a speed-up). `--video` times videos instead
+(fer_jax/video_bench.py, docs/video.md). Absolute figures move 10-15 %
 between runs on a shared CPU; compare the ratios from one run.
 """
 import importlib.util
