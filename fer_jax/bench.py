@@ -10,7 +10,8 @@ the ratio. Memory: XLA's analysis of each compiled function, and the peak RSS of
 of the PyTorch processes. `--epoch_fractions=0.25,0.5,1` adds epoch time against the number of
 faces; `--steps_per_call=1,8` compares steps per compiled call. `--scaling=1x1,1x2,2x1` times the
 train step on processes x devices (fer_jax.distributed over 127.0.0.1 for more than one process;
-on one CPU a smoke test of that machinery, not a speed-up). Absolute figures move 10-15 %
+on one CPU a smoke test of that machinery, not a speed-up). `--video` times videos instead
+(fer_jax/video_bench.py, docs/video.md). Absolute figures move 10-15 %
 between runs on a shared CPU; compare the ratios from one run.
 """
 import importlib.util
@@ -24,7 +25,7 @@ from typing import Any, Callable
 
 from absl import flags
 
-from fer_jax import FerJaxError, cli
+from fer_jax import FerJaxError, cli, video_bench
 
 FLAGS = flags.FLAGS
 TORCH_SCRIPTS = ('torch_reference.py', 'torch_seed_pipeline.py')  # what --torch_dir holds
@@ -50,6 +51,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('scaling_batch', 64, 'Global batch of the scaling rows.')
   flags.DEFINE_bool('serve', False, 'Instead of the rows above: the HTTP server under 1, 4 and 16 '
                     'concurrent clients beside one Predictor call per image (fer_jax.serve.load).')
+  flags.DEFINE_bool('video', False, 'Time videos instead (fer_jax/video_bench.py): the tracked '
+                    'face search beside a full search of every frame.')
+  video_bench.define_flags()
   flags.DEFINE_string('scaling_worker', '', 'Internal: run as one process of a scaling layout, '
                       'given as PROCESSES:PORT:PROCESS_ID.')
 
@@ -335,6 +339,9 @@ def _row(name: str, batch: Any, ours: float, theirs: float | None, memory: str =
 
 def main(argv: list[str]) -> None:
   del argv
+  if FLAGS.video:
+    video_bench.main(cli.prepare_output(FLAGS.json_out, '--json_out') if FLAGS.json_out else '')
+    return
   if FLAGS.scaling_worker:
     scaling_worker(FLAGS.scaling_worker, FLAGS.scaling_batch, FLAGS.steps)
     return

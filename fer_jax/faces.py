@@ -2,11 +2,13 @@
 for predict, video and image-folder datasets alike.
 
 `blazeface` (the default) is MediaPipe's short-range BlazeFace, shipped in the package
-(fer_jax/weights/blazeface_short_range.tflite, Apache-2.0, from mediapipe 0.10.14) and run by
-OpenCV's DNN module: a box and six landmarks per face, eyes included, so the crop can be turned
-until the eyes are level. Its input is 128x128, so a photo is searched whole and in overlapping
-tiles, which finds faces down to ~1/8 of the photo's shorter side. `haar` is OpenCV's bundled
-frontal-face cascade: no landmarks, upright faces only. Both need `pip install "fer_jax[faces]"`.
+(fer_jax/weights/blazeface_short_range.tflite, Apache-2.0, from mediapipe 0.10.14; the .onnx
+beside it is the same network converted by experiments/blazeface_onnx.py) and run by
+onnxruntime, a batch of squares a call: a box and six landmarks per face, eyes included, so the
+crop can be turned until the eyes are level. Its input is 128x128, so a photo is searched whole
+and in overlapping tiles, which finds faces down to ~1/8 of the photo's shorter side
+(VideoSearch spreads that search over a video's frames). `haar` is OpenCV's bundled frontal-face
+cascade: no landmarks, upright faces only.
 """
 import dataclasses
 import functools
@@ -20,6 +22,7 @@ from fer_jax import FerJaxError
 DETECTORS = ('blazeface', 'haar')
 BLAZEFACE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
                               'blazeface_short_range.tflite')
+BLAZEFACE_ONNX_PATH = BLAZEFACE_PATH[:-len('.tflite')] + '.onnx'  # what runs; made from the .tflite
 # How each detector's box sits in a FER2013 crop, measured on 2,048 Training faces
 # (experiments/face_crops.py): the box side as a share of the crop's side, and the box centre's
 # height as a share of it. crop_face frames its crops to match.
@@ -80,14 +83,25 @@ def _cv2():
   try:
     import cv2
   except ImportError:
-    raise FerJaxError('finding faces needs OpenCV: pip install "fer_jax[faces]" '
-                      '(opencv-python-headless<5), or pass --no_detect for face crops.') from None
+    raise FerJaxError('finding faces needs OpenCV: pip install "opencv-python-headless<5", or '
+                      'pass --no_detect for face crops.') from None
   return cv2
 
 
 @functools.lru_cache(maxsize=None)
-def _blazeface_net():
-  return _cv2().dnn.readNetFromTFLite(BLAZEFACE_PATH)
+def _blazeface_session():
+  """BlazeFace in onnxruntime, one thread: 2-3x faster a pass than OpenCV DNN on the .tflite
+  (same outputs within 1e-4; experiments/blazeface_onnx.py), and the other core is left to
+  decoding and the classifier."""
+  try:
+    import onnxruntime
+  except ImportError:
+    raise FerJaxError('BlazeFace runs in onnxruntime: pip install "onnxruntime>=1.17", or pass '
+                      '--detector haar (or --no_detect for face crops).') from None
+  options = onnxruntime.SessionOptions()
+  options.intra_op_num_threads = options.inter_op_num_threads = 1
+  return onnxruntime.InferenceSession(BLAZEFACE_ONNX_PATH, options,
+                                      providers=['CPUExecutionProvider'])
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,22 +115,24 @@ def _blazeface_anchors() -> np.ndarray:
   return np.concatenate(centres).astype(np.float32)
 
 
-def _blazeface_square(rgb: np.ndarray, threshold: float) -> list[tuple[np.ndarray, float, np.ndarray]]:
-  """Detections in one square RGB image, as (box x0 y0 x1 y1, score, 6 landmarks) in [0, 1]."""
+def _blazeface_squares(squares: list[np.ndarray], threshold: float
+                       ) -> list[list[tuple[np.ndarray, float, np.ndarray]]]:
+  """Detections in each square RGB image, as (box x0 y0 x1 y1, score, 6 landmarks) in [0, 1]; the
+  squares run as one batch."""
   cv2 = _cv2()
-  net = _blazeface_net()
-  net.setInput(cv2.dnn.blobFromImage(rgb, 1 / 127.5, (128, 128), (127.5, 127.5, 127.5),
-                                     swapRB=False))
-  scores, raw = net.forward(['classificators', 'regressors'])
-  scores = 1 / (1 + np.exp(-np.clip(scores[0, :, 0], -80, 80)))
-  raw, anchors = raw[0] / 128.0, _blazeface_anchors()
-  found = []
-  for i in np.nonzero(scores >= threshold)[0]:
-    cx, cy = raw[i, 0] + anchors[i, 0], raw[i, 1] + anchors[i, 1]
-    w, h = raw[i, 2], raw[i, 3]
-    landmarks = raw[i, 4:16].reshape(6, 2) + anchors[i]
-    found.append((np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), float(scores[i]),
-                  landmarks))
+  blob = cv2.dnn.blobFromImages(squares, 1 / 127.5, (128, 128), (127.5, 127.5, 127.5), swapRB=False)
+  all_scores, all_raw = _blazeface_session().run(['classificators', 'regressors'], {'input': blob})
+  anchors, found = _blazeface_anchors(), []
+  for scores, raw in zip(all_scores, all_raw):
+    scores = 1 / (1 + np.exp(-np.clip(scores[:, 0], -80, 80)))
+    raw, square = raw / 128.0, []
+    for i in np.nonzero(scores >= threshold)[0]:
+      cx, cy = raw[i, 0] + anchors[i, 0], raw[i, 1] + anchors[i, 1]
+      w, h = raw[i, 2], raw[i, 3]
+      landmarks = raw[i, 4:16].reshape(6, 2) + anchors[i]
+      square.append((np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]), float(scores[i]),
+                     landmarks))
+    found.append(square)
   return found
 
 
@@ -142,17 +158,32 @@ def _tiles(height: int, width: int) -> list[tuple[int, int, int]]:
   return squares
 
 
-def detect_blazeface(rgb: np.ndarray, threshold: float = 0.75) -> list[Face]:
-  """Every face BlazeFace finds in an RGB uint8 image, merged across tiles (weighted boxes)."""
+Candidate = tuple[np.ndarray, float, np.ndarray]  # box (x0, y0, x1, y1), score, 6 landmarks (6, 2)
+
+
+def detect_squares(rgb: np.ndarray, squares: list[tuple[int, int, int]],
+                   threshold: float = 0.75) -> list[Candidate]:
+  """BlazeFace's detections in each (x, y, side) square of an RGB uint8 image, in image pixels.
+  A square may reach past the image's edges; what lies outside is black."""
   height, width = rgb.shape[:2]
-  candidates = []
-  for x, y, side in _tiles(height, width):
+  images = []
+  for x, y, side in squares:
     square = np.zeros((side, side, 3), np.uint8)
-    patch = rgb[y:y + side, x:x + side]
-    square[:patch.shape[0], :patch.shape[1]] = patch
-    for box, score, landmarks in _blazeface_square(square, threshold):
+    x0, y0 = max(x, 0), max(y, 0)
+    patch = rgb[y0:max(min(y + side, height), y0), x0:max(min(x + side, width), x0)]
+    square[y0 - y:y0 - y + patch.shape[0], x0 - x:x0 - x + patch.shape[1]] = patch
+    images.append(square)
+  candidates = []
+  for (x, y, side), found in zip(squares, _blazeface_squares(images, threshold) if images else []):
+    for box, score, landmarks in found:
       candidates.append((box * side + [x, y, x, y], score, landmarks * side + [x, y]))
-  candidates.sort(key=lambda c: -c[1])
+  return candidates
+
+
+def merge_candidates(candidates: list[Candidate]) -> list[Face]:
+  """One Face per group of detections overlapping the best-scoring one by IoU > 0.3, its box and
+  landmarks averaged with the scores as weights (weighted boxes, as MediaPipe blends them)."""
+  candidates = sorted(candidates, key=lambda c: -c[1])
   faces, used = [], [False] * len(candidates)
   for i, (box, score, landmarks) in enumerate(candidates):
     if used[i]:
@@ -169,6 +200,51 @@ def detect_blazeface(rgb: np.ndarray, threshold: float = 0.75) -> list[Face]:
     faces.append(Face((int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0))),
                       score, eyes))
   return faces
+
+
+def detect_blazeface(rgb: np.ndarray, threshold: float = 0.75) -> list[Face]:
+  """Every face BlazeFace finds in an RGB uint8 image, searched whole and in every tile (_tiles),
+  merged across them."""
+  return merge_candidates(detect_squares(rgb, _tiles(*rgb.shape[:2]), threshold))
+
+
+class VideoSearch:
+  """Faces in a video's frames at a bounded cost a frame, where a photo's full search (_tiles: 86
+  BlazeFace passes at 640x480, 120 at 1920x1080) costs 10-20x more. Each frame gets: the whole
+  frame (face boxes of ~1/7 of its longer side and up, found the frame they appear); a window of
+  `window` box sizes around each tracked face's predicted box (each face at its own scale); and
+  the next `tiles_per_frame` tiles of each size of the full search in turn (half and a quarter of
+  the shorter side), so every tile is searched once every `sweep` frames and a face the full
+  search finds is found within that many frames of entering. Detections are merged as in a
+  photo (merge_candidates)."""
+
+  def __init__(self, height: int, width: int, tiles_per_frame: int = 2, window: float = 2.0,
+               threshold: float = 0.75):
+    squares = _tiles(height, width)
+    self.whole, self.tiles_per_frame = squares[0], tiles_per_frame
+    self.groups = [[t for t in squares[1:] if t[2] == side]
+                   for side in sorted({t[2] for t in squares[1:]}, reverse=True)]
+    self.window, self.threshold = window, threshold
+    self.sweep = max([math.ceil(len(g) / tiles_per_frame) for g in self.groups], default=1)
+    self.turn = 0
+
+  def squares(self, predicted: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int]]:
+    """The squares searched in the next frame, given the tracked faces' predicted boxes."""
+    squares = [self.whole]
+    for x, y, w, h in predicted:
+      side = max(int(round(self.window * max(w, h))), 16)
+      squares.append((int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2)), side))
+    for group in self.groups:
+      turns = math.ceil(len(group) / self.tiles_per_frame)
+      start = (self.turn % turns) * self.tiles_per_frame
+      squares += group[start:start + self.tiles_per_frame]
+    self.turn += 1
+    return squares
+
+  def __call__(self, rgb: np.ndarray, predicted: list[tuple[int, int, int, int]]) -> list[Face]:
+    """Faces in the next frame (RGB uint8), largest first."""
+    faces = merge_candidates(detect_squares(rgb, self.squares(predicted), self.threshold))
+    return sorted(faces, key=lambda f: -f.box[2] * f.box[3])
 
 
 def detect_haar(grey: np.ndarray) -> list[Face]:

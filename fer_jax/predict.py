@@ -3,6 +3,7 @@ with its box, the emotion, a calibrated confidence and every class's probability
 
     python -m fer_jax.predict --pretrained group.jpg face.png photos/ [--json] [--csv out.csv]
     python -m fer_jax.predict --pretrained clip.mp4 --every 5 --annotate clip_annotated.mp4
+    python -m fer_jax.predict --pretrained --tta none --camera 0   # live, shown where a display exists
     python -m fer_jax.predict --workdir runs/quick --tta flip --detector haar photo.jpg
 
 Images up to 64 px on their longer side are taken as face crops; larger ones are searched for
@@ -114,7 +115,9 @@ def define_flags() -> None:
   flags.DEFINE_bool('no_align', False, 'Do not turn crops so the eyes are level.')
   flags.DEFINE_enum('tta', 'ten_crop', ['none', 'flip', 'ten_crop'], 'Test-time augmentation: '
                     'ten_crop (the default) costs ~25 ms a face on a 2-core CPU, flip ~6, none ~4.')
-  flags.DEFINE_integer('camera', None, 'Read this camera (OpenCV index, e.g. 0) instead of files.')
+  flags.DEFINE_integer('camera', None, 'Read this camera (OpenCV index, e.g. 0) instead of files: '
+                       'its newest frame each time, shown with boxes, emotions and frames/s where '
+                       'a display exists (q or Esc stops).')
   flags.DEFINE_integer('every', 1, 'Videos: classify every N-th frame.')
   flags.DEFINE_float('smooth', 0.5, 'Videos: weight of the newest frame in each face track\'s '
                      'running average of probabilities (1 = no smoothing).')
@@ -180,7 +183,8 @@ def run(files: list[Any], predictor: Any, as_json: bool, detect: bool | None,
       for row in rows:
         count += 1
         row = {'file': name, **row}
-        table.append(row)
+        if csv_path:  # held only for the CSV, so a camera left running stays in constant memory
+          table.append(row)
         if header:
           print(f'{"file":32s} {"face":>5s} {"box (x, y, w, h)":>20s} {"emotion":9s} '
                 f'{"conf":>5s}  ' + ' '.join(f'{n[:7]:>7s}' for n in predictor.labels))

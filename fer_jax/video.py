@@ -1,17 +1,18 @@
-"""Faces in a video or a camera stream: every N-th frame read with OpenCV in constant memory, the
-faces of several frames classified in one compiled call, each face followed across frames (a
-track), its probabilities smoothed along the track, and optionally the video written back with
-boxes, emotions and confidences drawn on it.
+"""Faces in a video or a camera stream: frames decoded on a thread in constant memory, faces found
+at a bounded cost a frame, the faces of several frames classified in one compiled call, each face
+followed across frames (a track), its probabilities smoothed along the track, and optionally the
+video written back (or, live, shown) with boxes, emotions and confidences drawn on it.
 
-Tracks. A face keeps its track's id when its box centre lies within 0.6 box sizes (the mean of
-the track's box width and height) per frame since the track was last seen, and at most 2 box
-sizes, of where the track predicts it: its last centre, or that centre moved on at the track's
-last velocity (constant motion), whichever is nearer. Reach counts frames, not sampled frames,
-because box overlap between samples loses every face that moves half its box between two samples,
-as most moving faces do at `--every 4`. Faces and tracks are paired so
-that as many as can be are, with the least total distance, so two people side by side keep their
-ids even when each moves nearer the other's last place. A track unseen for more than 15 frames,
-or three sampled frames when that is longer, ends: it survives two missed samples.
+Search. A photo's full search (the whole image and 85-119 overlapping tiles) costs ~0.25 s a
+frame on a 2-core CPU. A video's frames instead get fer_jax.faces.VideoSearch: the whole frame,
+a window around each tracked face, and a few tiles in turn (every tile once in `sweep` frames:
+35 at 640x480, 49 at 1920x1080); the first frame, and any frame in which a face seen in the last
+sampled frame is not found near where its track predicts it, is searched in full as a photo.
+`search='full'` searches every frame in full (the slower reference the benchmark compares with).
+
+Tracks follow faces across frames by the rules of fer_jax.tracking; rows of tracks seen in
+fewer than MIN_HITS sampled frames are dropped, so rows reach the caller once their tracks are
+decided, typically 2 sampled frames late.
 
 Truncated videos. When fewer frames decode than the container states (CAP_PROP_FRAME_COUNT, when
 it states one > 0), short by more than 1 frame and more than 1 % (some .webm / .mkv state an
@@ -19,98 +20,24 @@ estimate), or the decoder raises, the rows of every decoded frame are yielded fi
 FerJaxError names both counts, so `predict` prints one `error:` line and exits 1. Cameras state no
 count.
 """
+import collections
+import contextlib
 import dataclasses
 import math
 import os
+import queue
+import sys
+import threading
 import time
 from typing import Any, Iterator
 
 import numpy as np
 
 from fer_jax import FerJaxError, faces as fer_faces, metrics
+from fer_jax.tracking import MIN_HITS, PATIENCE, Tracker
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg')
-PATIENCE = 15  # frames a track outlives its last sighting (predict_video: >= 3 sampled frames)
-Box = tuple[int, int, int, int]
-
-
-@dataclasses.dataclass
-class Track:
-  """A followed face: its last box, the frame it was seen in, its centre's velocity (pixels per
-  frame, from its last two sightings) and its smoothed probabilities."""
-  id: int
-  box: Box
-  probabilities: np.ndarray
-  frame: int = 0
-  velocity: tuple[float, float] = (0.0, 0.0)
-
-
-def _centre(box: Box) -> np.ndarray:
-  x, y, w, h = box
-  return np.array([x + w / 2, y + h / 2], np.float64)
-
-
-def _distance(track: Track, box: Box, frame: int) -> float:
-  """Pixels from `box`'s centre to the nearer of the track's predictions for `frame`: its last
-  centre (a face that stopped) or that centre moved on at its velocity."""
-  last, centre = _centre(track.box), _centre(box)
-  moved = last + np.asarray(track.velocity) * (frame - track.frame)
-  return float(min(np.hypot(*(centre - last)), np.hypot(*(centre - moved))))
-
-
-def _match(distances: np.ndarray, allowed: np.ndarray) -> list[tuple[int, int]]:
-  """(row, column) pairs among the allowed ones: as many as can be, then the least total distance
-  (a group moving together keeps its ids, which nearest-first matching swaps)."""
-  if not allowed.any():
-    return []
-  from scipy.optimize import linear_sum_assignment  # a JAX dependency; imported for videos only
-  barred = distances[allowed].sum() + 1.0  # above any set of allowed pairs
-  rows, columns = linear_sum_assignment(np.where(allowed, distances, barred))
-  return [(r, c) for r, c in zip(rows, columns) if allowed[r, c]]
-
-
-class Tracker:
-  """Follows faces across frames by the rule in the module docstring (`max_motion` box sizes per
-  frame, at most `max_reach`, tracks ending `patience` frames after their last sighting); a track's
-  probabilities are an exponential moving average (weight `smooth` on the new frame; 1 = none)."""
-
-  def __init__(self, smooth: float = 0.5, max_motion: float = 0.6, max_reach: float = 2.0,
-               patience: int = PATIENCE):
-    if not 0 < smooth <= 1:
-      raise FerJaxError(f'--smooth={smooth} is out of range; set it in (0, 1] (1 = no smoothing).')
-    self.smooth, self.max_motion, self.max_reach = smooth, max_motion, max_reach
-    self.patience = patience
-    self.tracks: list[Track] = []
-    self.next_id, self.frame = 0, -1
-
-  def reach(self, track: Track, frame: int) -> float:
-    """Pixels a face may lie from `track`'s prediction at `frame` and still continue it."""
-    gap = max(frame - track.frame, 1)
-    return (track.box[2] + track.box[3]) / 2 * min(self.max_motion * gap, self.max_reach)
-
-  def update(self, boxes: list, probabilities: np.ndarray, frame: int | None = None) -> list[Track]:
-    """The tracks of the faces in `boxes`, seen at `frame` (the next one when None), in order."""
-    frame = self.frame + 1 if frame is None else frame
-    self.frame = frame
-    self.tracks = [t for t in self.tracks if frame - t.frame <= self.patience]
-    assigned: dict[int, Track] = {}
-    if self.tracks and boxes:
-      distances = np.array([[_distance(t, b, frame) for b in boxes] for t in self.tracks])
-      reach = np.array([self.reach(t, frame) for t in self.tracks])
-      for ti, bi in _match(distances, distances <= reach[:, None]):
-        track = self.tracks[ti]
-        gap = max(frame - track.frame, 1)
-        track.velocity = tuple((_centre(boxes[bi]) - _centre(track.box)) / gap)
-        track.box, track.frame = tuple(boxes[bi]), frame
-        track.probabilities = (self.smooth * probabilities[bi]
-                               + (1 - self.smooth) * track.probabilities)
-        assigned[bi] = track
-    for bi, box in enumerate(boxes):
-      if bi not in assigned:
-        assigned[bi] = Track(self.next_id, tuple(box), np.asarray(probabilities[bi]), frame)
-        self.next_id += 1
-        self.tracks.append(assigned[bi])
-    return [assigned[bi] for bi in range(len(boxes))]
+BATCH = 64  # views classified in one compiled call (Predictor's batch sizes: 1, 2, 10, 64, 512)
 
 
 def open_capture(source: Any):
@@ -145,6 +72,7 @@ class Decoding:
   stopped it; read after the frames, to tell a whole video from a cut one."""
   decoded: int = 0
   error: str | None = None
+  seconds: float = 0.0  # spent decoding and converting (on the reading thread)
 
 
 def frames(capture, every: int = 1,
@@ -183,75 +111,222 @@ def shortfall(name: str, decoded: int, stated: int, fps: float,
           f'{decoded / fps:.2f} s{length}; re-download or re-encode it to classify the rest.')
 
 
+class Reader:
+  """(frame index, time in seconds, RGB frame, grey frame) of `frames`, decoded on a thread while
+  the caller works on earlier frames (OpenCV releases the GIL while it decodes). A file's frames
+  all arrive, `depth` at most held; a live source keeps only its newest frame, so a slow consumer
+  sees the present, not a growing backlog. `close` stops the thread."""
+
+  def __init__(self, capture, every: int, decoding: Decoding, live: bool = False, depth: int = 4):
+    self.queue: queue.Queue = queue.Queue(maxsize=1 if live else depth)
+    self.live, self.stop = live, threading.Event()
+    self.thread = threading.Thread(target=self._read, args=(capture, every, decoding), daemon=True)
+    self.thread.start()
+
+  def _read(self, capture, every: int, decoding: Decoding) -> None:
+    cv2 = fer_faces._cv2()
+    start = time.perf_counter()
+    try:
+      for index, seconds, rgb in frames(capture, every, decoding):
+        item = (index, seconds, rgb, cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+        decoding.seconds += time.perf_counter() - start
+        self._put(item)
+        if self.stop.is_set():
+          return
+        start = time.perf_counter()
+    finally:
+      self._put(None)
+
+  def _put(self, item) -> None:
+    while not self.stop.is_set():
+      if self.live and item is not None and self.queue.full():
+        with contextlib.suppress(queue.Empty):
+          self.queue.get_nowait()  # a newer frame replaces one not yet taken
+      try:
+        self.queue.put(item, timeout=0.1)
+        return
+      except queue.Full:
+        continue
+
+  def __iter__(self) -> Iterator[tuple[int, float, np.ndarray, np.ndarray]]:
+    while (item := self.queue.get()) is not None:
+      yield item
+
+  def close(self) -> None:
+    self.stop.set()
+    self.thread.join(timeout=5)  # a camera that hangs in read() is left to its daemon thread
+
+
+class Window:
+  """The on-screen window of a live run: each frame with its faces and the frames/s; open only
+  where a display exists and OpenCV can draw one (opencv-python-headless cannot)."""
+
+  def __init__(self, title: str, enabled: bool):
+    self.title, self.open, self.fps, self.last = title, False, 0.0, time.perf_counter()
+    if enabled and (os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY')
+                    or sys.platform in ('darwin', 'win32')):
+      with contextlib.suppress(Exception):  # cv2.error: built without a GUI backend
+        fer_faces._cv2().namedWindow(title, fer_faces._cv2().WINDOW_NORMAL)
+        self.open = True
+
+  def show(self, bgr: np.ndarray) -> bool:
+    """Shows a drawn frame with the frames/s; False once the user pressed q or Esc."""
+    now = time.perf_counter()
+    rate, self.last = 1 / max(now - self.last, 1e-6), now
+    self.fps = 0.9 * self.fps + 0.1 * rate if self.fps else rate  # a running average
+    if not self.open:
+      return True
+    cv2 = fer_faces._cv2()
+    cv2.putText(bgr, f'{self.fps:.1f} frames/s', (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
+                (0, 200, 255), 2, cv2.LINE_AA)
+    cv2.imshow(self.title, bgr)
+    return cv2.waitKey(1) & 0xFF not in (ord('q'), 27)
+
+  def close(self) -> None:
+    if self.open:
+      fer_faces._cv2().destroyWindow(self.title)
+
+
+def classify(predictor: Any, crops: list[np.ndarray], views: int) -> np.ndarray:
+  """(N, classes) probabilities of the crops, in calls whose views fill one of the Predictor's
+  batch sizes exactly (a padded batch costs as much as a full one)."""
+  sizes = sorted({max(size // views, 1) for size in predictor.buckets if size <= BATCH}, reverse=True)
+  out, start = [np.zeros((0, len(predictor.labels)), np.float32)], 0
+  while start < len(crops):
+    size = next(s for s in sizes if s <= len(crops) - start)
+    out.append(predictor.probabilities(np.stack(crops[start:start + size])))
+    start += size
+  return np.concatenate(out)
+
+
+STAGES = ('decode', 'detect', 'crop', 'classify', 'track', 'write')
+
+
 def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0.5,
-                  annotate: str | None = None, chunk: int = 16,
-                  progress: bool = True) -> Iterator[dict]:
-  """One row per face per sampled frame: frame, time_s, track, box, emotion, confidence,
-  probabilities (smoothed along the track). Frames are classified `chunk` at a time. A video that
-  stops early raises FerJaxError after the rows of every frame it gave."""
+                  annotate: str | None = None, progress: bool = True, search: str = 'track',
+                  live: bool | None = None, show: bool | None = None,
+                  stages: dict[str, float] | None = None) -> Iterator[dict]:
+  """One row per face per sampled frame of `source` (a path, a camera index or an opened
+  cv2.VideoCapture-like object): frame, time_s, track, box, emotion, confidence,
+  probabilities (smoothed along the track), for the tracks kept (MIN_HITS). `search='track'`
+  finds BlazeFace faces with VideoSearch; 'full' searches each frame as a photo (detect_faces).
+  Faces of several frames are classified in one call of at most BATCH views; a live source
+  (default: a camera index) is classified frame by frame, keeping only the newest frame, and
+  shown on screen when `show` (default: live) and a display exists. `stages`, when given, gets
+  the seconds spent in each of STAGES and the count of full searches ('full_searches'). A video that stops early raises FerJaxError after the
+  rows of every frame it gave."""
   if every < 1:
     raise FerJaxError(f'--every={every} must be at least 1 (1 = every frame).')
+  if search not in ('track', 'full'):
+    raise FerJaxError(f'search={search!r} is unknown; use track or full.')
   cv2 = fer_faces._cv2()
-  capture = open_capture(source)
-  fps, total = frame_rate(capture), stated_frames(capture)
-  writer, tracker = None, Tracker(smooth, patience=max(PATIENCE, 3 * every))
-  decoding = Decoding()
+  live = isinstance(source, int) if live is None else live
+  tracker = Tracker(smooth, patience=max(PATIENCE, 3 * every))
+  capture = source if hasattr(source, 'read') else open_capture(source)
+  fps, total = frame_rate(capture), 0 if live else stated_frames(capture)
+  from fer_jax.predictor import TTA_VARIANTS
+  views = len(TTA_VARIANTS[predictor.tta](np.zeros((1, 48, 48, 1), np.uint8)))
+  capacity = max(1, BATCH // views)
+  name = f'camera {source}' if isinstance(source, int) else str(source)
+  window = Window(f'fer_jax: {name}', live if show is None else show)
+  decoding, writer, finder = Decoding(), None, None
+  timer = {stage: 0.0 for stage in STAGES} if stages is None else stages
+  for stage in STAGES:
+    timer.setdefault(stage, 0.0)
   bar = metrics.ProgressBar(max(total, 1), 'frames', enabled=progress and total > 0)
-  start, sampled, last_rows = time.perf_counter(), 0, []
+  if live:  # compile and load before the first frame, so the stream starts in the present
+    classify(predictor, [np.zeros((48, 48), np.uint8)] * (capacity + capacity // 2 + 1), views)
+    fer_faces.detect_squares(np.zeros((128, 128, 3), np.uint8), [(0, 0, 128)])
+  reader = Reader(capture, every, decoding, live)
+  start, sampled, pending, held = time.perf_counter(), 0, [], collections.deque()
+  full_searches = 0
+
+  def release(final: bool) -> Iterator[dict]:
+    """Rows of the oldest frames whose every track is decided: kept once seen MIN_HITS times
+    (fewer when the video has fewer sampled frames), dropped once ended short of that."""
+    need = min(MIN_HITS, sampled) if final else MIN_HITS
+    while held:
+      rows, tracks = held[0]
+      if not final and any(t.hits < need and t in tracker.tracks for t in tracks):
+        return
+      held.popleft()
+      yield from (row for row, t in zip(rows, tracks) if t.hits >= need)
+
+  def flush() -> list[dict]:
+    """Classifies the pending frames' faces; returns the last frame's rows (shown and drawn)."""
+    clock = time.perf_counter()
+    crops = [c for _, _, frame_crops, _, _ in pending for c in frame_crops]
+    probabilities = classify(predictor, crops, views)
+    timer['classify'] += time.perf_counter() - clock
+    offset, rows = 0, []
+    for index, seconds, frame_crops, boxes, tracks in pending:
+      rows = []
+      for track, box, p in zip(tracks, boxes, probabilities[offset:offset + len(frame_crops)]):
+        p = tracker.blend(track, p)
+        best = int(np.argmax(p))
+        rows.append({'frame': index, 'time_s': round(seconds, 3), 'track': track.id,
+                     'box': list(box), 'emotion': predictor.labels[best],
+                     'confidence': round(float(p[best]), 6),
+                     'probabilities': {n: round(float(v), 6) for n, v in zip(predictor.labels, p)}})
+      offset += len(frame_crops)
+      held.append((rows, tracks))
+    pending.clear()
+    return rows
+
   try:
-    pending = []
-
-    def flush():
-      nonlocal last_rows
-      crops = [c for _, _, _, frame_crops, _ in pending for c in frame_crops]
-      probabilities = (predictor.probabilities(np.stack(crops)) if crops
-                       else np.zeros((0, len(predictor.labels))))
-      offset = 0
-      for index, seconds, rgb, frame_crops, boxes in pending:
-        frame_probabilities = probabilities[offset:offset + len(frame_crops)]
-        offset += len(frame_crops)
-        rows = []
-        for track, box in zip(tracker.update(boxes, frame_probabilities, index), boxes):
-          p = track.probabilities
-          best = int(np.argmax(p))
-          rows.append({'frame': index, 'time_s': round(seconds, 3), 'track': track.id,
-                       'box': list(box), 'emotion': predictor.labels[best],
-                       'confidence': round(float(p[best]), 6),
-                       'probabilities': {n: round(float(v), 6) for n, v in zip(predictor.labels, p)}})
-        last_rows = rows
-        yield from rows
-      pending.clear()
-
-    for index, seconds, rgb in frames(capture, every, decoding):
+    for index, seconds, rgb, grey in reader:
       sampled += 1
-      grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-      found = fer_faces.detect_faces(rgb, predictor.detector)
+      clock = time.perf_counter()
+      if search == 'full' or predictor.detector != 'blazeface':
+        found = fer_faces.detect_faces(rgb, predictor.detector)
+      else:
+        finder = finder or fer_faces.VideoSearch(*grey.shape)
+        found = finder(rgb, tracker.predicted(index)) if sampled > 1 else None
+        if found is None or tracker.missing([f.box for f in found], index):  # first or lost
+          found = fer_faces.detect_faces(rgb, predictor.detector)
+          full_searches += 1
+      timer['detect'] += (now := time.perf_counter()) - clock
       crops = [fer_faces.crop_face(grey, face, predictor.align) for face in found]
       height, width = grey.shape
-      pending.append((index, seconds, rgb, crops,
-                      [fer_faces.clipped_box(f.box, width, height) for f in found]))
-      if len(pending) >= chunk or annotate:
-        yield from flush()
-      if annotate:
-        if writer is None:
-          writer = cv2.VideoWriter(annotate, cv2.VideoWriter_fourcc(*'mp4v'), fps / every,
-                                   (rgb.shape[1], rgb.shape[0]))
-        writer.write(fer_faces.draw_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), last_rows))
+      boxes = [fer_faces.clipped_box(f.box, width, height) for f in found]
+      timer['crop'] += (clock := time.perf_counter()) - now
+      tracks = tracker.update(boxes, index)
+      timer['track'] += time.perf_counter() - clock
+      if sum(len(p[2]) for p in pending) + len(crops) > capacity:
+        flush()
+      pending.append((index, seconds, crops, boxes, tracks))
+      if live or annotate:
+        rows = [r for r, t in zip(flush(), tracks) if t.hits >= MIN_HITS]
+        clock = time.perf_counter()
+        bgr = fer_faces.draw_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), rows)
+        if annotate:
+          if writer is None:
+            writer = cv2.VideoWriter(annotate, cv2.VideoWriter_fourcc(*'mp4v'), fps / every,
+                                     (rgb.shape[1], rgb.shape[0]))
+          writer.write(bgr)
+        keep_going = window.show(bgr)
+        timer['write'] += time.perf_counter() - clock
+        if not keep_going:
+          break
+      yield from release(final=False)
       bar.update(min(index + 1, max(total, 1)))
-    yield from flush()
+    flush()
+    yield from release(final=True)
   finally:
+    reader.close()
+    window.close()
     bar.close()
     capture.release()
     if writer is not None:
       writer.release()
+    timer['decode'] = decoding.seconds
   if sampled == 0:
     raise FerJaxError(f'{source} has no frames OpenCV can decode; pass another video.')
   elapsed = time.perf_counter() - start
   from absl import logging
-  logging.info('%s: %d frames sampled in %.1f s (%.1f frames/s), %d tracks', source, sampled,
-               elapsed, sampled / elapsed, tracker.next_id)
-  name = f'camera {source}' if isinstance(source, int) else str(source)
-  problem = shortfall(name, decoding.decoded, 0 if isinstance(source, int) else total, fps,
-                      decoding.error)
+  logging.info('%s: %d frames sampled in %.1f s (%.1f frames/s), %d tracks, %d full searches',
+               source, sampled, elapsed, sampled / elapsed, tracker.next_id, full_searches)
+  timer['full_searches'] = full_searches
+  problem = shortfall(name, decoding.decoded, total, fps, decoding.error)
   if problem:
     raise FerJaxError(problem)

@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 from skimage import data as skimage_data
 
-from fer_jax import FerJaxError, video
+from fer_jax import FerJaxError, faces as fer_faces, tracking, video
 from fer_jax.predictor import Predictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,16 +63,29 @@ def _decoded(path: str) -> list[np.ndarray]:
     frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
+def _iou(a, b) -> float:
+  ax, ay, aw, ah = a
+  bx, by, bw, bh = b
+  inter = max(0, min(ax + aw, bx + bw) - max(ax, bx)) * max(0, min(ay + ah, by + bh) - max(ay, by))
+  return inter / (aw * ah + bw * bh - inter)
+
+
 def test_each_frame_row_is_predict_on_that_frame(clip, predictor):
-  rows = list(video.predict_video(predictor, clip, every=1, smooth=1.0, progress=False))
+  """search='full' is predict on each frame; the tracked search finds the same box (IoU >= 0.9)
+  and the same emotion."""
+  rows = list(video.predict_video(predictor, clip, every=1, smooth=1.0, progress=False,
+                                  search='full'))
+  tracked = list(video.predict_video(predictor, clip, every=1, smooth=1.0, progress=False))
   decoded = _decoded(clip)
-  assert [r['frame'] for r in rows] == list(range(8)) == list(range(len(decoded)))
-  assert {r['track'] for r in rows} == {0}  # one person, one track
-  for row, frame in zip(rows, decoded):
+  assert [r['frame'] for r in rows] == [r['frame'] for r in tracked] == list(range(8)) == list(
+      range(len(decoded)))
+  assert {r['track'] for r in rows} == {r['track'] for r in tracked} == {0}  # one person, one track
+  for row, fast, frame in zip(rows, tracked, decoded):
     (expected,) = predictor.predict_faces(frame)
     assert tuple(row['box']) == expected.box
     np.testing.assert_allclose(list(row['probabilities'].values()),
                                list(expected.probabilities.values()), atol=1e-5)
+    assert _iou(fast['box'], row['box']) >= 0.9 and fast['emotion'] == row['emotion']
   assert rows[-1]['box'][0] - rows[0]['box'][0] > 100  # the face moved; the track followed
   assert rows[3]['time_s'] == pytest.approx(0.3)
 
@@ -149,32 +163,30 @@ def test_one_face_keeps_one_track_under_sampling_and_a_whole_video_passes(moving
   assert rows[-1]['box'][0] - rows[0]['box'][0] > 8 * rows[0]['box'][2]  # it crossed the frame
 
 
-def _ids(tracker: video.Tracker, samples: list[tuple[int, list]]) -> list[list[int]]:
+def _ids(tracker: tracking.Tracker, samples: list[tuple[int, list]]) -> list[list[int]]:
   """Track ids of each (frame, boxes) sample's boxes, in their order."""
-  uniform = np.full((1, 7), 1 / 7)
-  return [[t.id for t in tracker.update(boxes, np.repeat(uniform, len(boxes), 0), frame)]
-          for frame, boxes in samples]
+  return [[t.id for t in tracker.update(boxes, frame)] for frame, boxes in samples]
 
 
 def test_a_fast_face_sampled_every_4th_frame_keeps_its_track():
   # 12 px a frame: 48 px between samples, 0.6 of its 80 px box (IoU 0.25).
   samples = [(f, [(100 + 12 * f, 200, 80, 80)]) for f in range(0, 80, 4)]
-  assert _ids(video.Tracker(), samples) == [[0]] * 20
+  assert _ids(tracking.Tracker(), samples) == [[0]] * 20
 
 
 def test_reach_is_0_6_box_sizes_a_frame_from_the_predicted_centre_at_most_2():
   box = lambda x: [(x, 200, 80, 80)]  # noqa: E731
   # 40 px (0.5 box) keeps the id; 40 px a frame is then predicted, and 56 px (0.7) beyond loses it.
-  assert _ids(video.Tracker(), [(0, box(100)), (1, box(140)), (2, box(236))]) == [[0], [0], [1]]
+  assert _ids(tracking.Tracker(), [(0, box(100)), (1, box(140)), (2, box(236))]) == [[0], [0], [1]]
   # 10 frames later a face may have moved 2 box sizes (not 6), from where it stood or was going.
-  assert _ids(video.Tracker(), [(0, box(100)), (10, box(260))]) == [[0], [0]]
-  assert _ids(video.Tracker(), [(0, box(100)), (10, box(270))]) == [[0], [1]]
+  assert _ids(tracking.Tracker(), [(0, box(100)), (10, box(260))]) == [[0], [0]]
+  assert _ids(tracking.Tracker(), [(0, box(100)), (10, box(270))]) == [[0], [1]]
 
 
 def test_a_missed_face_keeps_its_track_for_15_frames_not_longer():
   samples = [(f, [(100 + 12 * f, 200, 80, 80)]) for f in (0, 4, 8, 20, 24, 40)]
   # missed at 12 and 16 (12 frames), then at 28, 32 and 36 (16 frames: the track ended)
-  assert _ids(video.Tracker(), samples) == [[0], [0], [0], [0], [0], [1]]
+  assert _ids(tracking.Tracker(), samples) == [[0], [0], [0], [0], [0], [1]]
 
 
 def test_two_faces_side_by_side_keep_two_tracks():
@@ -183,7 +195,7 @@ def test_two_faces_side_by_side_keep_two_tracks():
     left, right = (100 + 12 * f, 200, 80, 80), (190 + 12 * f, 200, 80, 80)  # 10 px apart
     boxes = [left] if f == 40 else [right, left] if f % 8 else [left, right]
     samples.append((f, boxes))
-  ids = _ids(video.Tracker(), samples)
+  ids = _ids(tracking.Tracker(), samples)
   for (f, boxes), frame_ids in zip(samples, ids):
     assert frame_ids == [0 if b[0] < 100 + 12 * f + 40 else 1 for b in boxes], (f, frame_ids)
 
@@ -222,3 +234,87 @@ def test_a_count_off_by_1_frame_or_1_percent_is_no_shortfall():
   assert video.shortfall('camera 0', 500, 0, 30.0) is None  # no count, no error
   assert video.shortfall('a.avi', 58, 60, 30.0).startswith('a.avi: decoded 58 of the 60 frames')
   assert video.shortfall('a.mkv', 989, 1000, 30.0).startswith('a.mkv: decoded 989 of the 1000')
+
+
+ENTRY = 24  # the frame the small face enters
+
+
+@pytest.fixture(scope='module')
+def entry_clip(tmp_path_factory) -> str:
+  """40 frames of 480x320: face A (an ~80 px box, found in the whole frame) walks right and is
+  hidden in frames 12-21; face C (as large) flashes in frames 4-5 only; face B (a ~44 px box,
+  which only the tiles find) enters at frame ENTRY and stays."""
+  path = str(tmp_path_factory.mktemp('video') / 'entry.mp4')
+  face = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)[20:260, 110:350]
+  big = cv2.resize(face, (200, 200), interpolation=cv2.INTER_AREA)
+  small = cv2.resize(face[:, ::-1], (100, 100), interpolation=cv2.INTER_AREA)
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), 25, (480, 320))
+  for i in range(40):
+    frame = np.full((320, 480, 3), 90, np.uint8)
+    if not 12 <= i < 22:
+      frame[60:260, 2 * i:200 + 2 * i] = big
+    if i in (4, 5):
+      frame[0:200, 270:470] = big
+    if i >= ENTRY:
+      frame[210:310, 370:470] = small
+    writer.write(frame)
+  writer.release()
+  return path
+
+
+@pytest.mark.parametrize('search', ['track', 'full'])
+def test_entry_gaps_and_false_tracks(entry_clip, search):
+  """A face entering is found within VideoSearch.sweep frames (at once by a full search); a face
+  hidden for 10 frames keeps its id; one seen in 2 frames (< MIN_HITS) is dropped."""
+  predictor = Predictor.pretrained(tta='none')
+  rows = list(video.predict_video(predictor, entry_clip, progress=False, search=search))
+  by_track: dict[int, list[dict]] = {}
+  for row in rows:
+    by_track.setdefault(row['track'], []).append(row)
+  assert len(by_track) == 2, {t: [r['frame'] for r in rs] for t, rs in by_track.items()}
+  walker, entrant = sorted(by_track.values(), key=lambda rs: rs[0]['frame'])
+  assert [r['frame'] for r in walker] == [f for f in range(40) if not 12 <= f < 22]
+  assert all(r['box'][0] < 260 for r in walker)  # the flash at x >= 270 left no row
+  bound = 0 if search == 'full' else fer_faces.VideoSearch(320, 480).sweep
+  assert bound == {'full': 0, 'track': 8}[search]
+  assert ENTRY <= entrant[0]['frame'] <= ENTRY + bound
+  assert [r['frame'] for r in entrant] == list(range(entrant[0]['frame'], 40))
+
+
+class _PacedCapture:
+  """A file read at 5 frames/s, as a camera delivers them: read() waits for the next frame."""
+
+  def __init__(self, path: str, frames: int):
+    self.capture, self.left, self.next = cv2.VideoCapture(path), frames, None
+
+  def read(self):
+    self.next = (self.next or time.perf_counter()) + 0.2
+    time.sleep(max(self.next - time.perf_counter(), 0))
+    self.left -= 1
+    return self.capture.read() if self.left >= 0 else (False, None)
+
+  def grab(self):
+    return self.read()[0]
+
+  def get(self, prop):
+    return 5.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+  def release(self):
+    self.capture.release()
+
+
+def test_the_camera_path_reads_a_file_standing_in_for_the_device(moving_avi):
+  """What --camera N runs (live: newest frame only, classified frame by frame, the window where
+  a display exists) on a file read at a camera's pace: one track, and the frames it took have the
+  file path's face (the boxes may differ by a few pixels: which tiles and windows a frame gets
+  depends on the frames before it) and emotion."""
+  predictor = Predictor.pretrained(tta='none')
+  live = list(video.predict_video(predictor, _PacedCapture(moving_avi, 30), progress=False,
+                                  live=True, smooth=1.0))
+  whole = {r['frame']: r for r in video.predict_video(predictor, moving_avi, progress=False,
+                                                       smooth=1.0)}
+  frames = [r['frame'] for r in live]
+  assert frames == sorted(set(frames)) and len(frames) >= 10 and {r['track'] for r in live} == {0}
+  for row in live:
+    assert _iou(row['box'], whole[row['frame']]['box']) >= 0.5
+    assert row['emotion'] == whole[row['frame']]['emotion']
