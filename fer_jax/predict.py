@@ -112,8 +112,10 @@ def define_flags() -> None:
   flags.DEFINE_bool('no_detect', False, 'Take every image as a face crop: no face search.')
   flags.DEFINE_enum('detector', 'blazeface', ['blazeface', 'haar'], 'Face detector for photos.')
   flags.DEFINE_bool('no_align', False, 'Do not turn crops so the eyes are level.')
-  flags.DEFINE_enum('tta', 'ten_crop', ['none', 'flip', 'ten_crop'], 'Test-time augmentation: '
-                    'ten_crop (the default) costs ~25 ms a face on a 2-core CPU, flip ~6, none ~4.')
+  flags.DEFINE_enum('tta', None, ['none', 'flip', 'ten_crop'], 'Test-time augmentation for every '
+                    'face. Default: flip for faces found in photos, ten_crop for face crops and '
+                    'video frames (docs/photos.md). ten_crop costs ~25 ms a face on a 2-core CPU, '
+                    'flip ~6, none ~4.')
   flags.DEFINE_integer('camera', None, 'Read this camera (OpenCV index, e.g. 0) instead of files.')
   flags.DEFINE_integer('every', 1, 'Videos: classify every N-th frame.')
   flags.DEFINE_float('smooth', 0.5, 'Videos: weight of the newest frame in each face track\'s '
