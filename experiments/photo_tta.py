@@ -16,7 +16,8 @@ Framing: (box side / crop side, box centre height / crop side) of fer_jax.faces.
 shipped `faces.FRAMING['blazeface']` and looser / tighter / higher / lower ones. Each framing's crop
 is scored with TTA none, flip and ten crops (fer_jax.predictor.TTA_VARIANTS, shipped weights and
 temperature). Accuracy is over the found faces (the faces `predict` would classify); the same faces
-given directly as 48x48 crops are the reference row. Only PublicTest is read.
+given directly as 48x48 crops are the reference row. Only PublicTest is read. 12-18 min on a 2-core
+CPU shared with other jobs (about 6 min of CPU time); results in experiments/photo_tta.md.
 """
 import io
 import time
