@@ -266,12 +266,14 @@ def detect_faces(rgb: np.ndarray, detector: str = 'blazeface') -> list[Face]:
   return sorted(faces, key=lambda f: -f.box[2] * f.box[3])
 
 
-def crop_face(grey: np.ndarray, face: Face, align: bool = True) -> np.ndarray:
+def crop_face(grey: np.ndarray, face: Face, align: bool = True,
+              framing: tuple[float, float] | None = None) -> np.ndarray:
   """A 48x48 crop framed as FER2013 frames its faces; with eye landmarks and `align`, turned so the
-  eyes are level."""
+  eyes are level. `framing` (box side / crop side, box centre height / crop side) replaces the
+  detector's FRAMING entry (experiments/photo_tta.py compares framings)."""
   cv2 = _cv2()
   x, y, w, h = face.box
-  share, centre_height = FRAMING[face.detector]
+  share, centre_height = framing or FRAMING[face.detector]
   side = max(w, h) / share
   centre_x = x + w / 2
   centre_y = y + h / 2 + (0.5 - centre_height) * side

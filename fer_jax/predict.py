@@ -113,8 +113,10 @@ def define_flags() -> None:
   flags.DEFINE_bool('no_detect', False, 'Take every image as a face crop: no face search.')
   flags.DEFINE_enum('detector', 'blazeface', ['blazeface', 'haar'], 'Face detector for photos.')
   flags.DEFINE_bool('no_align', False, 'Do not turn crops so the eyes are level.')
-  flags.DEFINE_enum('tta', 'ten_crop', ['none', 'flip', 'ten_crop'], 'Test-time augmentation: '
-                    'ten_crop (the default) costs ~25 ms a face on a 2-core CPU, flip ~6, none ~4.')
+  flags.DEFINE_enum('tta', None, ['none', 'flip', 'ten_crop'], 'Test-time augmentation for every '
+                    'face. Default: flip for faces found in photos and video frames, ten_crop for '
+                    'face crops (docs/photos.md). ten_crop costs ~25 ms a face on a 2-core CPU, '
+                    'flip ~6, none ~4.')
   flags.DEFINE_integer('camera', None, 'Read this camera (OpenCV index, e.g. 0) instead of files: '
                        'its newest frame each time, shown with boxes, emotions and frames/s where '
                        'a display exists (q or Esc stops).')

@@ -1,8 +1,9 @@
 """`Predictor`: a trained model loaded once, its forward pass compiled once, for faces in any images.
 
 A photo's faces are found and framed as FER2013 frames its faces (fer_jax.faces.face_crops); a
-small image is taken as a face crop already. Test-time augmentation
-averages the probabilities of several views of each face; a temperature fitted on held-out faces
+small image is taken as a face crop already. Test-time augmentation averages the probabilities of
+several views of each face (by default ten crops of a face crop, a face and its mirror image for a
+face found in a photo: CROP_TTA, DETECTED_TTA); a temperature fitted on held-out faces
 (fer_jax.evaluation.fit_temperature) makes the confidences calibrated. Batches are padded to one
 of a few fixed sizes, so a stream of any batch sizes compiles a handful of times at most.
 """
@@ -37,6 +38,13 @@ TTA_VARIANTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
     'flip': lambda faces: [faces, faces[:, :, ::-1]],
     'ten_crop': ten_crops,
 }
+# The TTA variant a Predictor made with tta=None uses, by how the face was framed. Face crops given
+# directly are framed by their maker, as FER2013's are: ten crops score best there (on PublicTest
+# 2.8 points above one view, 1.7 above flip). Faces a detector found in a photo are framed by
+# fer_jax.faces.crop_face: on PublicTest faces placed in photos, flip scored within a point of ten
+# crops (no significant difference) at a quarter of the cost, and none lower (docs/photos.md).
+CROP_TTA = 'ten_crop'
+DETECTED_TTA = 'flip'
 
 
 def as_faces(faces: Any) -> np.ndarray:
@@ -68,13 +76,14 @@ class Prediction:
 
 
 class Predictor:
-  """A trained model, loaded once; `predict` takes paths, PIL images or arrays."""
+  """A trained model, loaded once; `predict` takes paths, PIL images or arrays. `tta` names the
+  TTA variant for every face; None (the default) picks it by the face's framing (`tta_for`)."""
 
   def __init__(self, model_config: dict[str, Any], variables: dict[str, Any],
                label_map: dict[str, str] | None = None, batch_size: int = 512,
-               fold_batchnorm: bool = False, tta: str = 'ten_crop', temperature: float = 1.0,
+               fold_batchnorm: bool = False, tta: str | None = None, temperature: float = 1.0,
                detector: str = 'blazeface', align: bool = True):
-    if tta not in TTA_VARIANTS:
+    if tta is not None and tta not in TTA_VARIANTS:
       raise FerJaxError(f'--tta={tta!r} is unknown; use one of {", ".join(TTA_VARIANTS)}.')
     if not temperature > 0:
       raise FerJaxError(f'temperature={temperature} must be positive; 1 leaves the model\'s own '
@@ -156,13 +165,19 @@ class Predictor:
                                          jnp.asarray(padded)))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
-  def probabilities(self, faces: np.ndarray, tta: str | None = None) -> np.ndarray:
-    """(N, classes) calibrated probabilities: the mean over the TTA variant's views (default the
-    predictor's) of softmax(logits / temperature)."""
+  def tta_for(self, detected: bool) -> str:
+    """The TTA variant for faces a detector found (`detected`) or face crops given directly: the
+    predictor's `tta`, else DETECTED_TTA or CROP_TTA."""
+    return self.tta or (DETECTED_TTA if detected else CROP_TTA)
+
+  def probabilities(self, faces: np.ndarray, tta: str | None = None,
+                    detected: bool = False) -> np.ndarray:
+    """(N, classes) calibrated probabilities: the mean over the TTA variant's views (default
+    `tta_for(detected)`: were the faces found by a detector?) of softmax(logits / temperature)."""
     faces = as_faces(faces)
     if not len(faces):
       return np.zeros((0, len(self.labels)), np.float32)
-    views = TTA_VARIANTS[tta or self.tta](faces)
+    views = TTA_VARIANTS[tta or self.tta_for(detected)](faces)
     logits = self.logits(np.concatenate(views)).reshape(len(views), len(faces), -1)
     return calibrated(logits, self.temperature)
 
@@ -187,6 +202,17 @@ class Predictor:
     return Prediction(self.labels[best], float(probabilities[best]),
                       {name: float(p) for name, p in zip(self.labels, probabilities)})
 
+  def _predictions(self, crops: np.ndarray, boxes: list) -> list[Prediction]:
+    """A Prediction per crop; a crop with a box was found by the detector (tta_for)."""
+    detected = np.array([box is not None for box in boxes], bool)
+    probabilities = np.zeros((len(boxes), len(self.labels)), np.float32)
+    for kind in (False, True):
+      if (detected == kind).any():
+        probabilities[detected == kind] = self.probabilities(np.asarray(crops)[detected == kind],
+                                                             detected=kind)
+    return [dataclasses.replace(self.to_prediction(p), box=box)
+            for p, box in zip(probabilities, boxes)]
+
   def find_faces(self, image: Any, detect: bool | None = None) -> tuple[np.ndarray, list]:
     """(48x48 crops (N, 48, 48), their boxes in the image's pixels, None for a whole-image crop),
     by the rule of fer_jax.faces.face_crops (detect=None: photos searched, small images crops)."""
@@ -194,9 +220,7 @@ class Predictor:
 
   def predict_faces(self, image: Any, detect: bool | None = None) -> list[Prediction]:
     """Every face in the image, largest first; [] when a photo has none."""
-    crops, boxes = self.find_faces(image, detect)
-    return [dataclasses.replace(self.to_prediction(p), box=box)
-            for p, box in zip(self.probabilities(crops), boxes)]
+    return self._predictions(*self.find_faces(image, detect))
 
   def predict(self, images: Sequence[Any], detect: bool | None = None) -> list[Prediction]:
     """One prediction per image, of its largest face; an image with no face is an error."""
@@ -209,8 +233,7 @@ class Predictor:
                           'already, pass detect=False (--no_detect).')
       crops.append(image_crops[0])
       boxes.append(image_boxes[0])
-    return [dataclasses.replace(self.to_prediction(p), box=box)
-            for p, box in zip(self.probabilities(np.stack(crops)), boxes)]
+    return self._predictions(np.stack(crops), boxes)
 
 
 def load_and_predict(checkpoint: str, image: Any) -> tuple[str, float, dict[str, float]]:

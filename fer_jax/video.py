@@ -194,7 +194,7 @@ def classify(predictor: Any, crops: list[np.ndarray], views: int) -> np.ndarray:
   out, start = [np.zeros((0, len(predictor.labels)), np.float32)], 0
   while start < len(crops):
     size = next(s for s in sizes if s <= len(crops) - start)
-    out.append(predictor.probabilities(np.stack(crops[start:start + size])))
+    out.append(predictor.probabilities(np.stack(crops[start:start + size]), detected=True))
     start += size
   return np.concatenate(out)
 
@@ -225,7 +225,7 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
   capture = source if hasattr(source, 'read') else open_capture(source)
   fps, total = frame_rate(capture), 0 if live else stated_frames(capture)
   from fer_jax.predictor import TTA_VARIANTS
-  views = len(TTA_VARIANTS[predictor.tta](np.zeros((1, 48, 48, 1), np.uint8)))
+  views = len(TTA_VARIANTS[predictor.tta_for(detected=True)](np.zeros((1, 48, 48, 1), np.uint8)))
   capacity = max(1, BATCH // views)
   name = f'camera {source}' if isinstance(source, int) else str(source)
   window = Window(f'fer_jax: {name}', live if show is None else show)

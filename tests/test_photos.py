@@ -13,7 +13,7 @@ from skimage import data as skimage_data
 
 from fer_jax import FerJaxError, evaluation, faces
 from fer_jax.data import images as fer_images
-from fer_jax.predictor import TTA_VARIANTS, Predictor
+from fer_jax.predictor import CROP_TTA, DETECTED_TTA, TTA_VARIANTS, Predictor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASTRONAUT_FACE = (176, 76, 99, 99)  # BlazeFace's box on scikit-image's astronaut (x, y, w, h)
@@ -119,6 +119,32 @@ def test_tta_views_average_and_ten_crop_has_ten(predictor):
     Predictor.pretrained(tta='five')
 
 
+def test_faces_found_in_photos_get_the_detected_default_and_crops_the_crop_default(predictor):
+  """Found faces are classified with DETECTED_TTA, crops given directly with CROP_TTA (the
+  defaults differ), and an explicit tta applies to both."""
+  assert predictor.tta is None and DETECTED_TTA != CROP_TTA
+  astronaut = skimage_data.astronaut()
+  crops, boxes = predictor.find_faces(astronaut)
+  (found,) = predictor.predict_faces(astronaut)
+  expected = predictor.probabilities(crops, DETECTED_TTA)[0]
+  other = predictor.probabilities(crops, CROP_TTA)[0]
+  assert np.abs(expected - other).max() > 1e-3  # the two defaults tell apart on this face
+  np.testing.assert_allclose(list(found.probabilities.values()), expected, rtol=1e-5, atol=1e-6)
+  (largest,) = predictor.predict([astronaut])
+  assert largest.probabilities == found.probabilities
+  # The same face given as a 48x48 crop: the crop default.
+  (as_crop,) = predictor.predict_faces(crops[0])
+  np.testing.assert_allclose(list(as_crop.probabilities.values()),
+                             predictor.probabilities(crops, CROP_TTA)[0], rtol=1e-5, atol=1e-6)
+  # One call with a photo and a crop: each by its own default.
+  photo, crop = predictor.predict([astronaut, crops[0]])
+  assert photo.probabilities == pytest.approx(found.probabilities, abs=1e-6)
+  assert crop.probabilities == pytest.approx(as_crop.probabilities, abs=1e-6)
+  (found_none,) = Predictor.pretrained(tta='none').predict_faces(astronaut)
+  np.testing.assert_allclose(list(found_none.probabilities.values()),
+                             predictor.probabilities(crops, 'none')[0], rtol=1e-5, atol=1e-6)
+
+
 def test_temperature_scaling_recovers_a_known_temperature_and_lowers_the_ece():
   rng = np.random.default_rng(0)
   logits = rng.normal(0, 3, (1, 20000, 7))
@@ -141,7 +167,7 @@ def test_expected_calibration_error_by_hand():
   assert ece == pytest.approx(0.4) and [b['count'] for b in bins] == [2, 2]
 
 
-def test_predict_cli_one_row_per_face_and_a_line_for_each_bad_file(tmp_path):
+def test_predict_cli_one_row_per_face_and_a_line_for_each_bad_file(tmp_path, predictor):
   Image.fromarray(skimage_data.astronaut()).save(tmp_path / 'astronaut.png')
   Image.fromarray(skimage_data.coffee()).save(tmp_path / 'coffee.png')
   (tmp_path / 'broken.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
@@ -152,6 +178,10 @@ def test_predict_cli_one_row_per_face_and_a_line_for_each_bad_file(tmp_path):
   rows = [json.loads(line) for line in out.stdout.splitlines()]
   assert len(rows) == 1 and rows[0]['file'] == files[0] and rows[0]['face'] == 0
   assert _near(rows[0]['box'], ASTRONAUT_FACE) and rows[0]['emotion'] == 'happy'
+  # The command line's default for a face found in a photo is the library's.
+  crops, _ = predictor.find_faces(tmp_path / 'astronaut.png')
+  np.testing.assert_allclose(list(rows[0]['probabilities'].values()),
+                             predictor.probabilities(crops, DETECTED_TTA)[0], atol=2e-6)
   errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
   assert errors == [f'error: {files[1]}: no face found (blazeface); if the image is a face crop '
                     'already, pass --no_detect.',

@@ -75,7 +75,7 @@ def test_a_photo_gets_the_rows_predict_json_gives(server, photos):
   model = httpx.get(f'{server}/v1/model').json()
   assert got['labels'] == model['labels'] == list(printed['probabilities'])
   assert got['model'] == model['version'] and got['ms'] > 0
-  assert model['tta'] == 'ten_crop' and model['parameters'] > 1e6 and model['temperature'] > 0
+  assert model['tta'] == 'flip' and model['parameters'] > 1e6 and model['temperature'] > 0
 
 
 def test_several_images_give_one_row_per_face_and_a_raw_body_the_same(server, photos):

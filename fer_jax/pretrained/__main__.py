@@ -45,20 +45,21 @@ def main(argv: list[str]) -> None:
   if FLAGS.dtype == 'bfloat16':
     import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy; a jax dependency)
   predictor.variables = jax.device_put(from_half(to_half(predictor.variables, FLAGS.dtype)))
-  # The confidences' temperature, fitted on PublicTest for the default TTA (Predictor.tta).
-  ece_before = evaluation.evaluate(predictor, faces, labels, [predictor.tta])[predictor.tta]['ece']
+  # The confidences' temperature, fitted on PublicTest's crops for their default TTA.
+  tta = predictor.tta_for(detected=False)
+  ece_before = evaluation.evaluate(predictor, faces, labels, [tta])[tta]['ece']
   predictor.temperature = evaluation.fit_temperature(
-      evaluation.view_logits(predictor, faces, predictor.tta), labels)
+      evaluation.view_logits(predictor, faces, tta), labels)
   reports = evaluation.evaluate(predictor, faces, labels, ['none', 'flip', 'ten_crop'], progress=True)
   start, stop = CHECK_SLICE
   slice_report = evaluation.evaluate(predictor, faces[start:stop], labels[start:stop], ['none'])
   run = meta['run']
   card = {'model_config': meta['model_config'], 'label_map': meta['label_map'], 'dtype': FLAGS.dtype,
           'temperature': predictor.temperature,
-          'calibration': {'temperature': predictor.temperature, 'tta': predictor.tta,
+          'calibration': {'temperature': predictor.temperature, 'tta': tta,
                           'fitted_on': 'PublicTest, minimising the negative log-likelihood',
                           'ece_before': ece_before,
-                          'ece_after': reports[predictor.tta]['ece_calibrated']},
+                          'ece_after': reports[tta]['ece_calibrated']},
           'source': {'workdir': FLAGS.workdir, 'checkpoint': FLAGS.checkpoint, 'epoch': run['epoch'],
                      'recipe': FLAGS.recipe, 'recalibrate_bn': FLAGS.recalibrate_bn,
                      'history': run['history']},

@@ -27,8 +27,9 @@ def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Training workdir holding checkpoints/.')
   flags.DEFINE_string('checkpoint', 'best', '"best", "latest" or a step number (with --workdir).')
   flags.DEFINE_bool('pretrained', False, 'Serve the weights that ship with fer_jax.')
-  flags.DEFINE_enum('tta', 'ten_crop', ['none', 'flip', 'ten_crop'], 'Test-time augmentation '
-                    '(as predict: ten_crop is the default and the most accurate, none the fastest).')
+  flags.DEFINE_enum('tta', 'flip', ['none', 'flip', 'ten_crop'], 'Test-time augmentation for '
+                    'every face: flip by default (what predict gives faces found in photos, '
+                    'docs/photos.md), ten_crop the most accurate on face crops, none the fastest.')
   flags.DEFINE_enum('detector', 'blazeface', ['blazeface', 'haar'], 'Face detector for photos.')
   flags.DEFINE_bool('no_align', False, 'Do not turn crops so the eyes are level.')
   flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on (0.0.0.0: every interface).')
