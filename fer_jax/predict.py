@@ -1,6 +1,7 @@
 """The emotion of every face in photos, face crops and videos: one row per face (per sampled frame),
 with its box, the emotion, a calibrated confidence and every class's probability.
 
+    python -m fer_jax.predict --pretrained --sample      # the sample photo and clip (fer_jax.samples)
     python -m fer_jax.predict --pretrained group.jpg face.png photos/ [--json] [--csv out.csv]
     python -m fer_jax.predict --pretrained clip.mp4 --every 5 --annotate clip_annotated.mp4
     python -m fer_jax.predict --workdir runs/quick --tta flip --detector haar photo.jpg
@@ -114,6 +115,8 @@ def define_flags() -> None:
   flags.DEFINE_bool('no_align', False, 'Do not turn crops so the eyes are level.')
   flags.DEFINE_enum('tta', 'ten_crop', ['none', 'flip', 'ten_crop'], 'Test-time augmentation: '
                     'ten_crop (the default) costs ~25 ms a face on a 2-core CPU, flip ~6, none ~4.')
+  flags.DEFINE_bool('sample', False, 'Add the sample photo and clip that ship with fer_jax '
+                    '(fer_jax/samples/) to the inputs.')
   flags.DEFINE_integer('camera', None, 'Read this camera (OpenCV index, e.g. 0) instead of files.')
   flags.DEFINE_integer('every', 1, 'Videos: classify every N-th frame.')
   flags.DEFINE_float('smooth', 0.5, 'Videos: weight of the newest frame in each face track\'s '
@@ -209,9 +212,11 @@ def _write_csv(path: str, rows: list[dict], labels: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-  inputs = argv[1:] + ([FLAGS.camera] if FLAGS.camera is not None else [])
+  from fer_jax import samples
+  inputs = (argv[1:] + (samples.paths() if FLAGS.sample else [])
+            + ([FLAGS.camera] if FLAGS.camera is not None else []))
   if not inputs:
-    raise app.UsageError('name at least one image or video file or folder, or --camera.')
+    raise app.UsageError('name at least one image or video file or folder, --sample or --camera.')
   if bool(FLAGS.workdir) == FLAGS.pretrained:
     raise app.UsageError('give either --workdir (a training workdir) or --pretrained.')
   files, skipped, empty_folders = expand_inputs(inputs)
