@@ -181,10 +181,11 @@ def prepare_folder(folder: str, flag: str, shown: str | None = None) -> str:
 
 
 def run(main: Callable[[list[str]], None],
-        fast_cpu: Callable[[], bool] | None = lambda: True) -> None:
+        fast_cpu: Callable[[], bool] | None = lambda: True, uses_jax: bool = True) -> None:
   """Runs `main(argv)` as a command with the exit statuses of the module docstring. `fast_cpu` is
   asked after flag parsing (a config may turn the XLA flag off) and before `main` can start JAX;
-  None leaves the flag to `main`."""
+  None leaves the flag to `main`. With `uses_jax`, compiled programs are cached across runs and
+  long compilations logged (fer_jax.compilation)."""
   if any(arg in HELP_ARGS for arg in sys.argv[1:]):
     _print_help(sys.argv)
     sys.exit(0)
@@ -199,6 +200,9 @@ def run(main: Callable[[list[str]], None],
         except (AttributeError, KeyError) as e:  # a config file that lacks the fields
           _fail(f'the --config file has no field {str(e).strip(chr(34) + chr(39))!r}; start from '
                 'configs/enhanced.py, which defines every field.', EXIT_USAGE)
+      if uses_jax:
+        from fer_jax import compilation
+        compilation.configure()
       main(argv)
     except Interrupted as e:
       _fail(str(e), e.exit_status)
