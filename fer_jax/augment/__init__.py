@@ -6,13 +6,16 @@
 constants; they are loaded on first use, so `python -m fer_jax.augment --help` answers without
 importing JAX.
 """
+import importlib
 from typing import Any
 
 
 def __getattr__(name: str) -> Any:
   if name.startswith('__'):
     raise AttributeError(name)
-  from fer_jax.augment import pipeline
+  # import_module, not `from fer_jax.augment import pipeline`, which would ask this function for
+  # `pipeline` again before the submodule is loaded.
+  pipeline = importlib.import_module('fer_jax.augment.pipeline')
   try:
     return getattr(pipeline, name)
   except AttributeError:
