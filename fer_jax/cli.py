@@ -32,9 +32,10 @@ HELP_ARGS = ('-h', '-?', '--help', '--helpshort', '--helpfull')
 FAST_CPU_XLA_FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot'
 
 # Warnings that say nothing a user can act on: TFDS naming the builder config it was given, Orbax
-# describing read-only checkpoint readers.
+# describing read-only checkpoint readers and timing its own asynchronous saves.
 _NOISY_WARNINGS = ('Using custom data configuration', 'has no dataset_info.json',
-                   'Given directory is read only', 'read_only=True')
+                   'Given directory is read only', 'read_only=True',
+                   'Waiting for previous save to complete')
 
 
 def configure_cpu_backend(enable: bool = True) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from absl import app, flags
 
-from fer_jax import FerJaxError, cli
+from fer_jax import FerJaxError, cli, plural
 
 _LIBRARY = ('Predictor', 'Prediction', 'load_and_predict')
 
@@ -194,7 +194,7 @@ def run(files: list[Any], predictor: Any, as_json: bool, detect: bool | None,
       print(f'error: {e}' if str(name) in str(e) else f'error: {name}: {e}', file=sys.stderr)
   if csv_path:
     _write_csv(csv_path, table, predictor.labels)
-    print(f'wrote {len(table)} rows to {csv_path}', file=sys.stderr)
+    print(f'wrote {plural(len(table), "row")} to {csv_path}', file=sys.stderr)
   return failures
 
 

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from fer_jax import FerJaxError, faces as fer_faces, metrics
+from fer_jax import FerJaxError, faces as fer_faces, metrics, plural
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg')
 PATIENCE = 15  # frames a track outlives its last sighting (predict_video: >= 3 sampled frames)
@@ -248,8 +248,8 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
     raise FerJaxError(f'{source} has no frames OpenCV can decode; pass another video.')
   elapsed = time.perf_counter() - start
   from absl import logging
-  logging.info('%s: %d frames sampled in %.1f s (%.1f frames/s), %d tracks', source, sampled,
-               elapsed, sampled / elapsed, tracker.next_id)
+  logging.info('%s: %s sampled in %.1f s (%.1f frames/s), %s', source, plural(sampled, 'frame'),
+               elapsed, sampled / elapsed, plural(tracker.next_id, 'track'))
   name = f'camera {source}' if isinstance(source, int) else str(source)
   problem = shortfall(name, decoding.decoded, 0 if isinstance(source, int) else total, fps,
                       decoding.error)

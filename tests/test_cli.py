@@ -68,6 +68,14 @@ def test_library_chatter_is_noise_and_our_lines_and_warnings_are_not():
                               logging.INFO, "Unable to initialize backend 'tpu'"))
   assert not cli.is_noise(_record(os.path.join(site, 'orbax', 'x.py'), logging.WARNING,
                                   'disk is full'))
+  orbax = os.path.join(site, 'orbax', 'checkpoint', 'checkpoint_manager.py')
+  for message in ('Waiting for previous save to complete took 1.645759 seconds. If this number is '
+                  'high, consider checkpointing less frequently.',
+                  'Given directory is read only=/runs/smoke/checkpoints/best',
+                  'CheckpointManagerOptions.read_only=True, setting create=False.'):
+    assert cli.is_noise(_record(orbax, logging.WARNING, message))
+  assert not cli.is_noise(_record(orbax, logging.ERROR, 'Waiting for previous save to complete '
+                                                        'failed'))
 
 
 def test_fast_cpu_flag_is_set_once_and_can_be_turned_off(monkeypatch):
