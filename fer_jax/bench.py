@@ -336,6 +336,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.json_out:
     cli.prepare_output(FLAGS.json_out, '--json_out')
   import jax
+  jax.config.update('jax_enable_compilation_cache', False)  # compile times measured, not loaded
   train_sizes = [int(b) for b in FLAGS.train_batch_sizes]
   infer_sizes = [int(b) for b in FLAGS.infer_batch_sizes]
   images, labels, source = load_faces(FLAGS.data, max(train_sizes + infer_sizes))
