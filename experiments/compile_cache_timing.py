@@ -45,8 +45,10 @@ def predict_seconds(code: str, cache: str | None) -> float:
   return time.perf_counter() - start
 
 
-def seconds_to_line(code: str, cache: str | None, workdir: str, pattern: str) -> float:
-  """Starts a smoke run, returns the seconds until a log line matches `pattern`, then stops it."""
+def seconds_to_line(code: str, cache: str | None, workdir: str, pattern: str,
+                    stop: int = signal.SIGKILL) -> float:
+  """Starts a smoke run, returns the seconds until a log line matches `pattern`, then stops it
+  (SIGKILL by default: a timed run needs no clean stop)."""
   start = time.perf_counter()
   process = subprocess.Popen([sys.executable, *SMOKE, '--workdir', workdir], cwd=code,
                              env=environment(code, cache), stderr=subprocess.PIPE, text=True)
@@ -56,8 +58,12 @@ def seconds_to_line(code: str, cache: str | None, workdir: str, pattern: str) ->
         return time.perf_counter() - start
     raise SystemExit(f'the smoke run ended without a line matching {pattern!r}')
   finally:
-    process.send_signal(signal.SIGTERM)
-    process.wait()
+    process.send_signal(stop)
+    try:
+      process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
 
 
 def main() -> None:
@@ -94,7 +100,7 @@ def main() -> None:
     add('smoke to first progress line, warm cache',
         seconds_to_line(REPO, warm, os.path.join(scratch, f'warm_{run}'), progress))
   stopped = os.path.join(scratch, 'stopped')  # a run stopped after its first epoch's checkpoint
-  seconds_to_line(REPO, warm, stopped, r'\] epoch +1 +train loss')
+  seconds_to_line(REPO, warm, stopped, r'\] epoch +1 +train loss', stop=signal.SIGTERM)
   if not os.listdir(os.path.join(stopped, 'checkpoints', 'latest')):
     raise SystemExit(f'{stopped} holds no checkpoint to resume from')
   for run in range(args.smoke_runs):
