@@ -4,6 +4,13 @@ EMOTIONS: tuple[str, ...] = ('angry', 'disgust', 'fear', 'happy', 'sad', 'surpri
 LABEL_MAP: dict[int, str] = dict(enumerate(EMOTIONS))
 
 
+def plural(count: int, noun: str) -> str:
+  """'1 epoch', '2 epochs', '3 classes': a count and its noun, for messages."""
+  if count == 1:
+    return f'{count} {noun}'
+  return f'{count} {noun}{"es" if noun.endswith(("s", "x", "sh")) else "s"}'
+
+
 class FerJaxError(ValueError):
   """An error in the user's input or config; its message says what to change."""
 

@@ -1,12 +1,15 @@
 """fer_jax beside the reference's PyTorch code, measured in one run on the same faces.
 
-    python -m fer_jax.bench --data ../shared/data/fer2013/fer2013.csv.gz \\
-        --torch_dir=../shared/bench --json_out=bench.json
+    pip install "fer_jax[bench]"        # torch and torchvision, for the PyTorch baselines
+    python -m fer_jax.bench --data fer2013.csv.gz --json_out=bench.json
+    python -m fer_jax.bench --notorch     # fer_jax alone, on generated faces
 
 Rows: the train step (batch 32, 64, 256), inference (64, 512), the augmentation pipeline alone and
-a training epoch with the 11-step augmentation at batch 32, each with PyTorch's figure from
-`torch_reference.py` / `torch_seed_pipeline.py` (run as subprocesses when torch is installed) and
-the ratio. Memory: XLA's analysis of each compiled function, and the peak RSS of this process and
+a training epoch with the 11-step augmentation at batch 32, each with PyTorch's figure and the
+ratio. The PyTorch figures come from the project's baselines, fer_jax.bench_torch.reference (the
+model step) and, with --data, fer_jax.bench_torch.pipeline (the reference's whole input pipeline),
+run as subprocesses. Without torch installed the command stops before any timing with one
+sentence (exit status 1) unless --notorch is given. Memory: XLA's analysis of each compiled function, and the peak RSS of this process and
 of the PyTorch processes. `--epoch_fractions=0.25,0.5,1` adds epoch time against the number of
 faces; `--steps_per_call=1,8` compares steps per compiled call. `--scaling=1x1,1x2,2x1` times the
 train step on processes x devices (fer_jax.distributed over 127.0.0.1 for more than one process;
@@ -28,7 +31,7 @@ from absl import flags
 from fer_jax import FerJaxError, cli, video_bench
 
 FLAGS = flags.FLAGS
-TORCH_SCRIPTS = ('torch_reference.py', 'torch_seed_pipeline.py')  # what --torch_dir holds
+TORCH_BASELINES = ('fer_jax.bench_torch.reference', 'fer_jax.bench_torch.pipeline')
 
 
 def define_flags() -> None:
@@ -40,9 +43,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('epoch_faces', 0, 'Faces in the timed epoch; 0 = all the Training faces.')
   flags.DEFINE_list('epoch_fractions', ['1'], 'Fractions of epoch_faces to time an epoch on.')
   flags.DEFINE_list('steps_per_call', ['1'], 'config.steps_per_call values to time the epoch with.')
-  flags.DEFINE_string('torch_dir', '', 'Folder with torch_reference.py and torch_seed_pipeline.py; '
-                      'empty = no PyTorch rows.')
-  flags.DEFINE_integer('torch_batches', 40, 'Batches torch_seed_pipeline.py times.')
+  flags.DEFINE_bool('torch', True, 'Time the PyTorch baselines (fer_jax.bench_torch) beside '
+                    'fer_jax; needs torch (and torchvision with --data). --notorch: fer_jax alone.')
+  flags.DEFINE_integer('torch_batches', 40, 'Batches fer_jax.bench_torch.pipeline times.')
   flags.DEFINE_bool('breakdown', True, 'Time the parts of a batch-32 step on their own.')
   flags.DEFINE_string('json_out', '', 'Where to write the figures as JSON.')
   flags.DEFINE_bool('fast_cpu', True, 'Use the YNNPACK-for-dots-only XLA flag (fer_jax.cli).')
@@ -240,34 +243,25 @@ class FerJaxBench:
             'compile_seconds': round(compile_seconds, 2), 'images_per_s': timed / seconds}
 
 
-def check_torch_dir(torch_dir: str, with_pipeline: bool) -> None:
-  """Before any timing, so a wrong folder or no torch is one sentence, not n/a columns (or a
-  failure) after the whole JAX part; torch_seed_pipeline.py and torchvision serve --data only."""
-  if not torch_dir:
-    return
-  if not os.path.isdir(torch_dir):
-    raise FerJaxError(f'--torch_dir={torch_dir} is not a folder; pass the folder holding '
-                      f'{" and ".join(TORCH_SCRIPTS)}, or run without --torch_dir.')
-  missing = [name for name in TORCH_SCRIPTS[:1 + with_pipeline]
-             if not os.path.isfile(os.path.join(torch_dir, name))]
-  if missing:
-    raise FerJaxError(f'--torch_dir={torch_dir} has no {" and no ".join(missing)}; pass the folder '
-                      'holding the PyTorch baseline scripts, or run without --torch_dir.')
+def check_torch(with_pipeline: bool) -> None:
+  """Before any timing, so a missing torch is one sentence, not n/a columns (or a failure) after
+  the whole JAX part; torchvision serves the pipeline baseline (--data) only."""
   absent = [name for name in ('torch', 'torchvision')[:1 + with_pipeline]
             if importlib.util.find_spec(name) is None]  # looked up, not imported
   if absent:
-    raise FerJaxError(f'--torch_dir needs {" and ".join(absent)}, which this Python '
-                      f'({sys.executable}) lacks; pip install "fer_jax[bench]", or run without '
-                      '--torch_dir.')
+    raise FerJaxError(f'the PyTorch baselines need {" and ".join(absent)}, which this Python '
+                      f'({sys.executable}) lacks; pip install "fer_jax[bench]", or pass --notorch '
+                      'to time fer_jax alone.')
 
 
-def run_torch(script: str, args: list[str]) -> dict[str, Any]:
-  """One PyTorch script as a subprocess; its JSON line plus the peak RSS of PyTorch's processes."""
-  script = os.path.abspath(script)
-  result = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                          cwd=os.path.dirname(script))
+def run_torch(module: str, args: list[str]) -> dict[str, Any]:
+  """One PyTorch baseline as a subprocess; its JSON line plus the peak RSS of PyTorch's
+  processes."""
+  result = subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True)
   if result.returncode:
-    raise SystemExit(f'error: {script} failed: {result.stderr.strip().splitlines()[-1]}')
+    last = (result.stderr.strip().splitlines() or ['no message'])[-1]
+    raise FerJaxError(f'the PyTorch baseline {module} failed ({last}); run it alone with the '
+                      'same flags to see why.')
   figures = json.loads(result.stdout.strip().splitlines()[-1])
   figures['peak_rss_mb_all_children'] = round(
       resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
@@ -350,10 +344,12 @@ def main(argv: list[str]) -> None:
     load.main(FLAGS.json_out and cli.prepare_output(FLAGS.json_out, '--json_out'))
     return
   layouts = parse_layouts(FLAGS.scaling)
-  check_torch_dir(FLAGS.torch_dir, with_pipeline=bool(FLAGS.data))
+  if FLAGS.torch:
+    check_torch(with_pipeline=bool(FLAGS.data))
   if FLAGS.json_out:
     cli.prepare_output(FLAGS.json_out, '--json_out')
   import jax
+  jax.config.update('jax_enable_compilation_cache', False)  # compile times measured, not loaded
   train_sizes = [int(b) for b in FLAGS.train_batch_sizes]
   infer_sizes = [int(b) for b in FLAGS.infer_batch_sizes]
   images, labels, source = load_faces(FLAGS.data, max(train_sizes + infer_sizes))
@@ -374,13 +370,13 @@ def main(argv: list[str]) -> None:
   report['scaling'] = run_scaling(layouts, FLAGS.scaling_batch, FLAGS.steps)
 
   torch_figures: dict[str, Any] = {}
-  if FLAGS.torch_dir:
-    reference = os.path.join(FLAGS.torch_dir, TORCH_SCRIPTS[0])
+  if FLAGS.torch:
     for b in sorted(set(train_sizes + infer_sizes)):
-      torch_figures[b] = run_torch(reference, ['--batch-size', str(b), '--steps', str(FLAGS.steps)])
+      torch_figures[b] = run_torch(TORCH_BASELINES[0],
+                                   ['--batch-size', str(b), '--steps', str(FLAGS.steps)])
     if FLAGS.data:
       torch_figures['pipeline'] = run_torch(
-          os.path.join(FLAGS.torch_dir, TORCH_SCRIPTS[1]),
+          TORCH_BASELINES[1],
           ['--data', os.path.abspath(FLAGS.data), '--batches', str(FLAGS.torch_batches)])
   report['pytorch'] = torch_figures
 

@@ -32,9 +32,10 @@ HELP_ARGS = ('-h', '-?', '--help', '--helpshort', '--helpfull')
 FAST_CPU_XLA_FLAG = '--xla_cpu_experimental_ynn_fusion_type=dot'
 
 # Warnings that say nothing a user can act on: TFDS naming the builder config it was given, Orbax
-# describing read-only checkpoint readers.
+# describing read-only checkpoint readers and timing its own asynchronous saves.
 _NOISY_WARNINGS = ('Using custom data configuration', 'has no dataset_info.json',
-                   'Given directory is read only', 'read_only=True')
+                   'Given directory is read only', 'read_only=True',
+                   'Waiting for previous save to complete')
 
 
 def configure_cpu_backend(enable: bool = True) -> None:
@@ -185,10 +186,11 @@ def prepare_folder(folder: str, flag: str, shown: str | None = None) -> str:
 
 
 def run(main: Callable[[list[str]], None],
-        fast_cpu: Callable[[], bool] | None = lambda: True) -> None:
+        fast_cpu: Callable[[], bool] | None = lambda: True, uses_jax: bool = True) -> None:
   """Runs `main(argv)` as a command with the exit statuses of the module docstring. `fast_cpu` is
   asked after flag parsing (a config may turn the XLA flag off) and before `main` can start JAX;
-  None leaves the flag to `main`."""
+  None leaves the flag to `main`. With `uses_jax`, compiled programs are cached across runs and
+  long compilations logged (fer_jax.compilation)."""
   if any(arg in HELP_ARGS for arg in sys.argv[1:]):
     _print_help(sys.argv)
     sys.exit(0)
@@ -203,6 +205,9 @@ def run(main: Callable[[list[str]], None],
         except (AttributeError, KeyError) as e:  # a config file that lacks the fields
           _fail(f'the --config file has no field {str(e).strip(chr(34) + chr(39))!r}; start from '
                 'configs/enhanced.py, which defines every field.', EXIT_USAGE)
+      if uses_jax:
+        from fer_jax import compilation
+        compilation.configure()
       main(argv)
     except Interrupted as e:
       _fail(str(e), e.exit_status)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 from absl import logging
 import numpy as np
 
-from fer_jax import FerJaxError, Interrupted
+from fer_jax import FerJaxError, Interrupted, plural
 
 
 def stop_now(message: str) -> None:
@@ -264,12 +264,13 @@ def announce() -> None:
     return
   local = ', '.join(str(d) for d in jax.local_devices())
   if is_primary():
-    logging.info('process 0 of %d: %d devices in all, %d here (%s); this process logs the run',
-                 jax.process_count(), jax.device_count(), jax.local_device_count(), local)
+    logging.info('process 0 of %d: %s in all, %d here (%s); this process logs the run',
+                 jax.process_count(), plural(jax.device_count(), 'device'),
+                 jax.local_device_count(), local)
     return
-  logging.info('process %d of %d: %d devices here (%s); process 0 logs the run, writes its metrics '
+  logging.info('process %d of %d: %s here (%s); process 0 logs the run, writes its metrics '
                'and leads its checkpoints', jax.process_index(), jax.process_count(),
-               jax.local_device_count(), local)
+               plural(jax.local_device_count(), 'device'), local)
   logging.set_verbosity(logging.WARNING)
 
 

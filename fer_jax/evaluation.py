@@ -7,7 +7,7 @@ import os
 from absl import logging
 import numpy as np
 
-from fer_jax import EMOTIONS, FerJaxError, faces, metrics
+from fer_jax import EMOTIONS, FerJaxError, faces, metrics, plural
 from fer_jax.data.csv import read_fer2013_csv
 from fer_jax.data import SPLIT_USAGE, describe_splits
 from fer_jax.data.images import read_image_folder
@@ -193,7 +193,9 @@ def evaluate(predictor: Predictor, faces: np.ndarray, labels: np.ndarray,
   With `progress`, a bar (a log line every 10 % off a terminal) counts the views scored."""
   check_tta(tta)
   views_per_variant = {'none': 1, 'flip': 2, 'ten_crop': 10}
-  bar = metrics.ProgressBar(len(faces) * sum(views_per_variant[v] for v in tta), 'scoring faces',
+  per_face = sum(views_per_variant[v] for v in tta)  # the bar counts views, not faces
+  bar = metrics.ProgressBar(len(faces) * per_face,
+                            f'views scored ({plural(len(faces), "face")} x {per_face})',
                             enabled=progress)
   reports = {variant: report_from_logits(view_logits(predictor, faces, variant, bar), labels,
                                          predictor.labels, predictor.temperature)

@@ -8,6 +8,8 @@ from typing import Any, TextIO
 
 from absl import logging
 
+from fer_jax import plural
+
 METRICS_FILE = 'metrics.jsonl'
 
 
@@ -44,10 +46,10 @@ def log_outputs(workdir: str, epochs: int, best_score: float, best_epoch: int) -
     else:
       lines += [f'  {os.path.join(relative, n) if relative != "." else n}' for n in sorted(names)
                 if not n.startswith('.')]  # the lock file is the run's, not an output
-  logging.info('%s: %d epochs, best validation accuracy %.4f at epoch %d; wrote\n%s\n'
+  logging.info('%s: %s, best validation accuracy %.4f at epoch %d; wrote\n%s\n'
                'next: python -m fer_jax.evaluate --workdir %s --data <csv or folder>, '
                'python -m fer_jax.predict --workdir %s <images>',
-               os.path.abspath(workdir), epochs, best_score, best_epoch,
+               os.path.abspath(workdir), plural(epochs, 'epoch'), best_score, best_epoch,
                '\n'.join(lines), workdir, workdir)
 
 

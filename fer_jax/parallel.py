@@ -41,7 +41,9 @@ def _place(tree: Any, sharding: NamedSharding) -> Any:
   slices of its own devices from its copy."""
   def place(leaf):
     if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
-      return leaf
+      # Same placement; re-labelled with the mesh when it lacks it (a one-device array), since jit
+      # takes the two for different input types and would compile its function a second time.
+      return leaf if leaf.sharding == sharding else jax.device_put(leaf, sharding)
     host = np.asarray(leaf)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
   return jax.tree_util.tree_map(place, tree)

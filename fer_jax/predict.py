@@ -1,6 +1,7 @@
 """The emotion of every face in photos, face crops and videos: one row per face (per sampled frame),
 with its box, the emotion, a calibrated confidence and every class's probability.
 
+    python -m fer_jax.predict --pretrained --sample      # the sample photo and clip (fer_jax.samples)
     python -m fer_jax.predict --pretrained group.jpg face.png photos/ [--json] [--csv out.csv]
     python -m fer_jax.predict --pretrained clip.mp4 --every 5 --annotate clip_annotated.mp4
     python -m fer_jax.predict --pretrained --tta none --camera 0   # live, shown where a display exists
@@ -23,7 +24,7 @@ from typing import Any, Iterable
 
 from absl import app, flags
 
-from fer_jax import FerJaxError, cli
+from fer_jax import FerJaxError, cli, plural
 
 _LIBRARY = ('Predictor', 'Prediction', 'load_and_predict')
 
@@ -117,6 +118,8 @@ def define_flags() -> None:
                     'face. Default: flip for faces found in photos and video frames, ten_crop for '
                     'face crops (docs/photos.md). ten_crop costs ~25 ms a face on a 2-core CPU, '
                     'flip ~6, none ~4.')
+  flags.DEFINE_bool('sample', False, 'Add the sample photo and clip that ship with fer_jax '
+                    '(fer_jax/samples/) to the inputs.')
   flags.DEFINE_integer('camera', None, 'Read this camera (OpenCV index, e.g. 0) instead of files: '
                        'its newest frame each time, shown with boxes, emotions and frames/s where '
                        'a display exists (q or Esc stops).')
@@ -214,7 +217,7 @@ def run(files: list[Any], predictor: Any, as_json: bool, detect: bool | None,
       print(f'error: {e}' if str(name) in str(e) else f'error: {name}: {e}', file=sys.stderr)
   if csv_path:
     _write_csv(csv_path, table, predictor.labels)
-    print(f'wrote {len(table)} rows to {csv_path}', file=sys.stderr)
+    print(f'wrote {plural(len(table), "row")} to {csv_path}', file=sys.stderr)
   return failures
 
 
@@ -232,9 +235,11 @@ def _write_csv(path: str, rows: list[dict], labels: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-  inputs = argv[1:] + ([FLAGS.camera] if FLAGS.camera is not None else [])
+  from fer_jax import samples
+  inputs = (argv[1:] + (samples.paths() if FLAGS.sample else [])
+            + ([FLAGS.camera] if FLAGS.camera is not None else []))
   if not inputs:
-    raise app.UsageError('name at least one image or video file or folder, or --camera.')
+    raise app.UsageError('name at least one image or video file or folder, --sample or --camera.')
   if bool(FLAGS.workdir) == FLAGS.pretrained:
     raise app.UsageError('give either --workdir (a training workdir) or --pretrained.')
   files, skipped, empty_folders = expand_inputs(inputs)

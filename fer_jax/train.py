@@ -23,7 +23,8 @@ import numpy as np
 import optax
 
 from fer_jax import (FerJaxError, Interrupted, augment, batchnorm, config_checks, data, distributed,
-                     evaluation, finetune, metrics, models, optim, parallel, plots, regularize)
+                     evaluation, finetune, metrics, models, optim, parallel, plots, plural,
+                     regularize)
 from fer_jax import checkpoint
 from fer_jax.checkpoint import BEST, LATEST, Checkpoints
 from fer_jax import run_state
@@ -244,16 +245,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                       f'{eval_split.name} split has {", ".join(eval_split.classes)}; give both the '
                       'same class folders.')
   if config.model.num_classes != len(classes):
-    logging.info('config.model.num_classes=%d follows the data: %d classes (%s)',
-                 config.model.num_classes, len(classes), ', '.join(classes))
+    logging.info('the data has %s (%s), so the model is built with config.model.num_classes=%d '
+                 '(the config says %d)', plural(len(classes), 'class'),
+                 ', '.join(classes), len(classes), config.model.num_classes)
     config = config.copy_and_resolve_references()
     config.model.num_classes = len(classes)
   steps_per_epoch = len(train_split) // config.batch_size
   if steps_per_epoch == 0:
     raise FerJaxError(f'config.batch_size={config.batch_size} is larger than the {len(train_split)} '
                       'training faces; lower it or use more data.')
-  logging.info('data: %d train faces (%s), %d eval faces (%s), %d steps per epoch',
-               len(train_split), train_split.name, len(eval_split), eval_split.name, steps_per_epoch)
+  logging.info('data: %s (%s), %s (%s), %s per epoch', plural(len(train_split), 'train face'),
+               train_split.name, plural(len(eval_split), 'eval face'), eval_split.name,
+               plural(steps_per_epoch, 'step'))
 
   model = models.create_model(config.model)
   lr_fns = optim.create_learning_rate_fns(config, steps_per_epoch)
@@ -313,8 +316,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
           jnp.asarray(train_split.images[:32]), jax.random.PRNGKey(config.seed), 0), 0)
     for epoch in range(run.epoch + 1, config.num_epochs + 1):
       if run.should_stop(config.early_stopping_patience):
-        logging.info('early stopping: no improvement for %d epochs (best %.4f at epoch %d)',
-                     run.best.epochs_since_best, run.best.best_score, run.best.best_epoch)
+        logging.info('early stopping: no improvement for %s (best %.4f at epoch %d)',
+                     plural(run.best.epochs_since_best, 'epoch'), run.best.best_score, run.best.best_epoch)
         break
       distributed.barrier(f'epoch_{epoch}')  # host work since the last collective differs
       epoch_start = time.perf_counter()

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from fer_jax import FerJaxError, faces as fer_faces, metrics
+from fer_jax import FerJaxError, faces as fer_faces, metrics, plural
 from fer_jax.tracking import MIN_HITS, PATIENCE, Tracker
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg')
@@ -324,8 +324,9 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
     raise FerJaxError(f'{source} has no frames OpenCV can decode; pass another video.')
   elapsed = time.perf_counter() - start
   from absl import logging
-  logging.info('%s: %d frames sampled in %.1f s (%.1f frames/s), %d tracks, %d full searches',
-               source, sampled, elapsed, sampled / elapsed, tracker.next_id, full_searches)
+  logging.info('%s: %s sampled in %.1f s (%.1f frames/s), %s, %d full searches', source,
+               plural(sampled, 'frame'), elapsed, sampled / elapsed, plural(tracker.next_id, 'track'),
+               full_searches)
   timer['full_searches'] = full_searches
   problem = shortfall(name, decoding.decoded, total, fps, decoding.error)
   if problem:

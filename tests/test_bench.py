@@ -1,7 +1,10 @@
 """The benchmark runs end to end on a small setting (no timing assertions), and the fast-CPU XLA
 flag fer_jax sets by default changes no result beyond float tolerance."""
+import ast
+import importlib.util
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -16,7 +19,8 @@ def test_bench_smoke(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'fer_jax.bench', '--train_batch_sizes=8', '--infer_batch_sizes=8',
        '--steps=1', '--epoch_faces=64', '--epoch_fractions=1', '--steps_per_call=1', '--nobreakdown',
-       '--scaling=2x1', '--scaling_batch=8', f'--json_out={out}'], capture_output=True, text=True, cwd=REPO)
+       '--scaling=2x1', '--scaling_batch=8', '--notorch', f'--json_out={out}'], capture_output=True,
+      text=True, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(out.read_text())
   assert report['train_step']['8']['images_per_s'] > 0
@@ -73,42 +77,67 @@ def _bench(*flags: str) -> subprocess.CompletedProcess:
                         text=True, cwd=REPO, timeout=60)  # the default timing takes minutes
 
 
-def test_a_torch_dir_that_cannot_run_is_one_sentence_before_any_timing(tmp_path):
-  result = _bench('--torch_dir=/no/such/dir', f'--json_out={tmp_path / "bench.json"}')
-  assert result.returncode == 1 and result.stdout == ''
-  assert result.stderr.strip() == ('error: --torch_dir=/no/such/dir is not a folder; pass the '
-                                   'folder holding torch_reference.py and torch_seed_pipeline.py, '
-                                   'or run without --torch_dir.')
-  assert not (tmp_path / 'bench.json').exists()
-  result = _bench(f'--torch_dir={tmp_path}')
-  assert result.returncode == 1
-  assert result.stderr.strip() == (f'error: --torch_dir={tmp_path} has no torch_reference.py; pass '
-                                   'the folder holding the PyTorch baseline scripts, or run without '
-                                   '--torch_dir.')
-  (tmp_path / 'torch_reference.py').write_text('')
-  result = _bench(f'--torch_dir={tmp_path}', f'--data={tmp_path / "faces.csv"}')  # + the pipeline
-  assert result.returncode == 1
-  assert result.stderr.strip().startswith(f'error: --torch_dir={tmp_path} has no '
-                                          'torch_seed_pipeline.py; ')
-
-
-def test_torch_missing_says_how_to_install_it_before_any_timing(tmp_path):
+@pytest.mark.parametrize('flags,missing', [((), 'torch'),
+                                           (('--data=faces.csv',), 'torch and torchvision')])
+def test_torch_missing_is_one_sentence_before_any_timing(tmp_path, flags, missing):
   import importlib.util
   if importlib.util.find_spec('torch') is not None:
     pytest.skip('torch is installed here; the missing-torch sentence cannot show')
-  for name in ('torch_reference.py', 'torch_seed_pipeline.py'):
-    (tmp_path / name).write_text('')
-  result = _bench(f'--torch_dir={tmp_path}')
+  result = _bench(*flags, f'--json_out={tmp_path / "bench.json"}')
   assert result.returncode == 1 and result.stdout == ''
-  assert result.stderr.strip() == (f'error: --torch_dir needs torch, which this Python '
-                                   f'({sys.executable}) lacks; pip install "fer_jax[bench]", or run '
-                                   'without --torch_dir.')
+  assert result.stderr.strip() == (f'error: the PyTorch baselines need {missing}, which this '
+                                   f'Python ({sys.executable}) lacks; pip install '
+                                   '"fer_jax[bench]", or pass --notorch to time fer_jax alone.')
+  assert not (tmp_path / 'bench.json').exists()
+
+
+def _literal(path: pathlib.Path, name: str):
+  """A module-level constant of a file, read without importing it (the baselines need torch)."""
+  for node in ast.parse(path.read_text()).body:
+    if isinstance(node, ast.Assign) and getattr(node.targets[0], 'id', None) == name:
+      return ast.literal_eval(node.value)
+  raise AssertionError(f'{path} has no {name}')
+
+
+def test_the_pytorch_baseline_is_the_model_fer_jax_trains():
+  """fer_jax.bench_torch.reference builds cnn48 layer for layer: same blocks, same dropout."""
+  from fer_jax.models import cnn48
+  reference = REPO / 'fer_jax' / 'bench_torch' / 'reference.py'
+  blocks = _literal(reference, 'CONV_BLOCKS')
+  assert [b[:3] for b in blocks] == [tuple(b) for b in cnn48.CONV_BLOCKS]
+  assert [b[3] for b in blocks] == pytest.approx([0.5 * s for s in cnn48.CONV_DROPOUT_SCALE])
+  head = _literal(reference, 'HEAD')
+  assert [w for w, _ in head] == list(cnn48.HEAD_WIDTHS)
+  assert [r for _, r in head] == pytest.approx([0.5 * s for s in cnn48.HEAD_DROPOUT_SCALE])
+  for path in (REPO / 'fer_jax' / 'bench_torch').glob('*.py'):  # PyTorch's side imports no JAX
+    tree = ast.parse(path.read_text())
+    imported = {alias.name.split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split('.')[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {'jax', 'flax', 'optax'}, path
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None, reason='needs torch (fer_jax[bench])')
+def test_the_pytorch_baseline_runs_and_counts_the_same_parameters():
+  from fer_jax import models
+  from configs import enhanced
+  result = subprocess.run([sys.executable, '-m', 'fer_jax.bench_torch.reference', '--batch-size',
+                           '4', '--steps', '1'], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  assert figures['train_images_per_s'] > 0 and figures['eval_images_per_s'] > 0
+  import jax
+  variables = models.create_model(enhanced.get_config().model).init(
+      jax.random.PRNGKey(0), np.zeros((1, 48, 48, 1), np.float32), train=False)
+  assert figures['params'] == sum(x.size for x in jax.tree_util.tree_leaves(variables['params']))
 
 
 def test_data_without_training_rows_is_one_sentence_before_any_timing(tmp_path):
   from tests.conftest import random_rows, write_csv
   path = write_csv(tmp_path / 'private.csv', random_rows(2, usages=('PrivateTest',)))
-  result = _bench(f'--data={path}')
+  result = _bench(f'--data={path}', '--notorch')
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
       f'error: --data={path} has no Training rows to time; pass the full FER2013 CSV.')

@@ -200,7 +200,8 @@ def test_output_paths_are_made_or_refused_before_any_work_and_photos_are_annotat
      'error: --config=configs/nosuch.py does not exist; pass a config file such as '
      'configs/smoke.py.'),
     (['fer_jax.predict', '--pretrained'], 2, 'error: name at least one image or video file or '
-                                             'folder, or --camera; run with --help for the flags.'),
+                                             'folder, --sample or --camera; run with --help for '
+                                             'the flags.'),
     (['fer_jax.evaluate', '--bogus'], 2, "error: Unknown command line flag 'bogus'; run with "
                                           '--help for the flags.'),
     (['fer_jax.export', '--pretrained', '--out', '/proc/fer.onnx'], 1, None),

@@ -77,7 +77,7 @@ def test_evaluate_cli_writes_reports_and_names_missing_splits(tmp_path, trained_
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'scoring test of' in out.stderr
   # Not a terminal: the progress bar is a log line every ~10 %, up to all 64 x 13 views.
-  assert 'scoring faces 832/832' in out.stderr and '\x1b[A' not in out.stderr
+  assert 'views scored (64 faces x 13) 832/832' in out.stderr and '\x1b[A' not in out.stderr
   report = json.load(open(os.path.join(trained_workdir, 'eval_test.json')))
   assert set(report['reports']) == {'none', 'flip', 'ten_crop'}
   assert report['reports']['none']['count'] == 64 and 'macro_f1' in report['reports']['flip']
