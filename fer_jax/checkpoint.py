@@ -119,6 +119,7 @@ class Checkpoints:
           manager.wait_until_finished()
         except Exception:
           self.close()  # Orbax's threads end (and print) while their output is held
+          time.sleep(2.0)  # tensorstore's last callbacks run after close returns
           raise
     except Exception as e:  # Orbax surfaces a full or vanished disk as assorted errors
       raise CheckpointWriteError(
