@@ -103,7 +103,20 @@ class Checkpoints:
     if free < needed:
       raise CheckpointWriteError(
           f'no room for {what}: about {needed:.0f} MiB needed in '
-          f'{os.path.join(self.workdir, "checkpoints")}, which has {free:.0f} MiB free; free some space or pass a --workdir on a larger disk.')
+          f'{os.path.join(self.workdir, "checkpoints")}, which has {free:.0f} MiB free; free some '
+          'space there.')
+
+  def check_room_for_run(self, state_tree: Any, epochs_left: int) -> None:
+    """Before training: room for the most checkpoints the run will hold at once. An epoch that
+    improves writes its best, then its latest, before the previous pair is removed (module
+    docstring), so from the second epoch on four copies exist at the peak of a save."""
+    kept = len(self.managers[LATEST].all_steps()) + len(self.managers[BEST].all_steps())
+    peak = 2 if epochs_left == 1 and not kept else 4
+    if peak > kept:
+      self.check_room(state_tree, peak - kept,
+                      f"this model's checkpoints ({peak} copies of {_mib(state_tree):.0f} MiB at "
+                      'the peak of a save: a best and a latest, and the next pair written before '
+                      'the previous one is removed)')
 
   def save(self, kind: str, step: int, state_tree: Any, meta: dict[str, Any]) -> None:
     """Saves and waits until the step is committed; a step already there is written anew."""

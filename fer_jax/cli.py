@@ -10,6 +10,7 @@ stays out of the log, and every failure is one `error:` line on stderr with an e
   2    the command line is wrong: an unknown or malformed flag, a missing argument
   130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM; the line says what was saved
 """
+import _thread
 import contextlib
 import errno
 import logging as std_logging
@@ -17,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from typing import Callable
 
 from absl import app, flags, logging
@@ -101,7 +103,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     config_path = _config_path(argv)
     if 'Error whilst parsing config file' in str(e):
-      _fail(_config_load_error(e), EXIT_USAGE)
+      _fail(_config_load_error(e, config_path), EXIT_USAGE)
     if config_path and 'Flag --config must have a value' in str(e):
       _fail(_not_a_config(config_path, None), EXIT_USAGE)
     message = re.sub(r'flag --(\w+)=None: Flag --\w+ must have a value other than None\.',
@@ -111,14 +113,17 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if isinstance(e, (AttributeError, KeyError)) and any(a.startswith('--config.') for a in argv):
       with contextlib.suppress(Exception):  # an override that names no field of a working config
         _fail(unknown_config_field(argv), EXIT_USAGE)
-    _fail(_config_load_error(e), EXIT_USAGE)
+    _fail(_config_load_error(e, _config_path(argv)), EXIT_USAGE)
   _check_config_file()
   return remaining
 
 
-def _config_load_error(e: Exception) -> str:
+def _config_load_error(e: Exception, path: str) -> str:
   """One sentence for a config file that raised while it ran, whatever ml_collections wrapped
   around the error."""
+  if "has no attribute 'get_config'" in str(e):  # ml_collections imports it as module config_config
+    return (f'--config={path} defines no get_config(); define one that returns an '
+            'ml_collections.ConfigDict (configs/enhanced.py shows how).')
   if isinstance(e, SyntaxError):
     detail = f'{e.filename}, line {e.lineno}: SyntaxError: {e.msg}'
   else:
@@ -160,6 +165,20 @@ def _raise_terminated(signum, frame) -> None:
   raise Terminated()
 
 
+def _redelivering_interrupts(previous: Callable) -> Callable:
+  """A sys.unraisablehook that raises again, in the main thread, an interrupt that landed where
+  Python cannot raise (a garbage-collection callback of JAX's, a finalizer): Python would print it
+  and drop it, and the command would run on and exit 0. The signal is sent again from a thread, a
+  moment later, as the main thread's handler would run inside this hook and be dropped again."""
+  def hook(unraisable) -> None:
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+      signum = signal.SIGTERM if issubclass(unraisable.exc_type, Terminated) else signal.SIGINT
+      threading.Timer(0.01, _thread.interrupt_main, (signum,)).start()
+      return
+    previous(unraisable)
+  return hook
+
+
 def prepare_output(path: str, flag: str) -> str:
   """Makes an output file's folder and proves it writable, before a command does any work, so no
   result is lost to a bad path at the end. Returns `path`."""
@@ -198,6 +217,7 @@ def run(main: Callable[[list[str]], None],
   def start(argv: list[str]) -> None:
     quiet_logs()
     signal.signal(signal.SIGTERM, _raise_terminated)
+    sys.unraisablehook = _redelivering_interrupts(sys.unraisablehook)
     try:
       if fast_cpu is not None:
         try:

@@ -79,6 +79,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.lr_schedule == 'step' and not 0.0 < config.lr_decay_factor <= 1.0:
     raise FerJaxError(f'config.lr_decay_factor={config.lr_decay_factor} is out of range; set it in '
                       '(0, 1], e.g. 0.5.')
+  if config.lr_schedule == 'step' and config.lr_decay_every_epochs < 1:
+    raise FerJaxError(f'config.lr_decay_every_epochs={config.lr_decay_every_epochs} must be at '
+                      'least 1 (e.g. 8); for a constant rate set --config.lr_decay_factor=1.')
+  if config.lr_schedule != 'step' and config.warmup_epochs >= config.num_epochs:
+    raise FerJaxError(f'config.warmup_epochs={config.warmup_epochs} is not below '
+                      f'config.num_epochs={config.num_epochs}, so the rates would never reach '
+                      'config.head_lr / config.backbone_lr; lower it (e.g. 1) or train longer.')
+  _check_dtype(config.model.dtype)
+  if not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
+    raise FerJaxError(f'config.seed={config.seed} is out of range; use a whole number from 0 to '
+                      f'{2**32 - 1} (JAX keys hold 32 bits, so larger seeds would repeat others).')
+
+
+# Compute dtypes the models train in: parameters stay float32 (flax's param_dtype), so these set
+# the precision of activations and matrix products only.
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def _check_dtype(name: str) -> None:
+  if str(name) not in COMPUTE_DTYPES:
+    raise FerJaxError(f'config.model.dtype={name!r} is not a compute dtype the models train in; '
+                      f'use one of {", ".join(COMPUTE_DTYPES)}.')
 
 
 def warn_about_recipe(config: ml_collections.ConfigDict) -> None:

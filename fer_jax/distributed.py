@@ -8,7 +8,6 @@ when one dies without a word the others miss its beats (PeerWatch); either way t
 sentence instead of hanging in a collective, and the same command resumes the run.
 """
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -321,22 +320,17 @@ def check_same_config(config_json: str) -> None:
                         'the same --config file and --config.* overrides.')
 
 
-def check_same_data(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-  """Refuses a run whose processes loaded different faces for a split ({name: (images, labels)}):
+def check_same_data(fingerprints: dict[str, dict[str, Any]]) -> None:
+  """Refuses a run whose processes loaded different faces for a split ({name: Split.fingerprint()}):
   each process gathers its batches from its own copy, so they must agree face for face."""
   import jax
   if jax.process_count() == 1:
     return
-  fingerprints = {}
-  for name, (images, labels) in splits.items():
-    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
-    digest.update(np.ascontiguousarray(labels).tobytes())
-    fingerprints[name] = (len(labels), digest.hexdigest()[:16])
   gathered = [json.loads(text) for text in _gather_text(json.dumps(fingerprints))]
   for process, theirs in enumerate(gathered[1:], start=1):
-    for name, (count, digest) in theirs.items():
-      if [count, digest] != gathered[0][name]:
+    for name, print_ in theirs.items():
+      if print_ != gathered[0][name]:
         raise FerJaxError(f'process {process} loaded a different {name} split from process 0 '
-                          f'({count} faces vs {gathered[0][name][0]}, or the same count with other '
-                          'faces); give every process the same dataset file (FER2013_PATH or '
-                          'config.data.*).')
+                          f'({print_["faces"]} faces vs {gathered[0][name]["faces"]}, or the same '
+                          'count with other faces); give every process the same dataset file '
+                          '(FER2013_PATH or config.data.*).')

@@ -37,6 +37,9 @@ flags.DEFINE_integer('heartbeat_timeout', 30, 'Seconds without a sign of life af
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.workdir.strip():
+    raise app.UsageError('--workdir is empty; pass the folder of the run, e.g. '
+                         '--workdir runs/smoke')
   from absl import logging
   from fer_jax import distributed
   is_new = not os.path.exists(FLAGS.workdir)

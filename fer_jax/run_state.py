@@ -70,16 +70,27 @@ class RunState:
 
 
 def resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, workdir: str, target: Any,
-           classes: tuple[str, ...], steps_per_epoch: int) -> tuple[Any, RunState]:
+           classes: tuple[str, ...], steps_per_epoch: int,
+           fingerprints: dict[str, dict[str, Any]]) -> tuple[Any, RunState]:
   """(the latest checkpoint's state tree shaped like `target`, its RunState), or (None, a new
-  RunState) when the workdir has none. A resume may change what neither shapes the state nor the
-  steps per epoch (num_epochs, rates, patience, augmentation); the rest is one sentence. Best steps
+  RunState) when the workdir has none. A resume may change what neither shapes the state, nor the
+  steps per epoch, nor the faces (num_epochs, rates, patience, augmentation, seed); the rest is one
+  sentence. `fingerprints`: {'train'|'eval': Split.fingerprint()} of this run's data. Best steps
   ahead of the latest are dropped, as the run replays those epochs (fer_jax.checkpoint)."""
   checkpoints.drop_replayed()
   if checkpoints.latest_step() is None:
     return None, RunState()
   saved = checkpoints.restore_meta(LATEST)
   config_checks.check_resumable(saved['train_config'], config, workdir)
+  for split, what in (('train', 'trained on other training faces'),
+                      ('eval', 'chose its best epoch on other evaluation faces')):
+    saved_print = saved.get('data', {}).get(split)  # absent from checkpoints of older versions
+    if saved_print and saved_print != fingerprints[split]:
+      raise FerJaxError(
+          f'{workdir} holds a run that {what} ({saved_print["faces"]}, fingerprint '
+          f'{saved_print["sha256"]}) than this config loads ({fingerprints[split]["faces"]}, '
+          f'{fingerprints[split]["sha256"]}); a resumed run keeps its data: resume with the data '
+          'settings in config.json there, or pass a new --workdir.')
   last = saved['run']['history'][-1]
   if last['step'] != last['epoch'] * steps_per_epoch:
     batch = saved['train_config']['batch_size']

@@ -180,12 +180,13 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
   return tree
 
 
-def checkpoint_meta(config: ml_collections.ConfigDict, run: RunState,
-                    classes: tuple[str, ...]) -> dict[str, Any]:
-  """What a checkpoint needs to be resumed or served on its own (the reference's model_info)."""
+def checkpoint_meta(config: ml_collections.ConfigDict, run: RunState, classes: tuple[str, ...],
+                    fingerprints: dict[str, dict[str, Any]]) -> dict[str, Any]:
+  """What a checkpoint needs to be resumed or served on its own (the reference's model_info),
+  and the fingerprints of the faces it was trained and selected on, which a resume must match."""
   return {'run': run.to_json(), 'model_config': config.model.to_dict(),
           'train_config': json.loads(config.to_json()),
-          'label_map': {str(i): name for i, name in enumerate(classes)}}
+          'label_map': {str(i): name for i, name in enumerate(classes)}, 'data': fingerprints}
 
 
 def saves_latest(epoch: int, config: ml_collections.ConfigDict, run: RunState) -> bool:
@@ -221,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       raise Interrupted(checkpoint.what_was_saved(workdir, steps, removed), e) from None
     if isinstance(e, checkpoint.CheckpointWriteError):
       raise checkpoint.CheckpointWriteError(
-          f'{str(e).rstrip(".")}; then: {checkpoint.what_was_saved(workdir, steps, removed)}'
+          f'{str(e).rstrip(".")}; {checkpoint.what_was_saved(workdir, steps, removed)}'
       ) from None
     raise
 
@@ -237,8 +238,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     if not len(split):
       raise FerJaxError(f'the {split.name} split has no faces; give it faces, or check '
                         f'config.data.{field} and the data source.')
-  distributed.check_same_data({'train': (train_split.images, train_split.labels),
-                               'eval': (eval_split.images, eval_split.labels)})
+  fingerprints = {'train': train_split.fingerprint(), 'eval': eval_split.fingerprint()}
+  distributed.check_same_data(fingerprints)
   classes = train_split.classes  # the class list comes from the data
   if eval_split.classes != classes:
     raise FerJaxError(f'the {train_split.name} split has classes {", ".join(classes)} but the '
@@ -268,7 +269,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   board = None
   try:
     tree, run = run_state.resume(checkpoints, config, workdir, _state_tree(state), classes,
-                                 steps_per_epoch)
+                                 steps_per_epoch, fingerprints)
     state = state.replace(**tree) if tree is not None else state
     if run.epoch == 0 and config.init_from:
       params, batch_stats = finetune.initialise(state.params, state.batch_stats, config.init_from,
@@ -276,9 +277,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       state = state.replace(params=params, batch_stats=batch_stats,
                             ema_params=None if state.ema_params is None else
                             jax.tree_util.tree_map(np.copy, params))
-    if run.epoch < config.num_epochs:  # an epoch saves a best and a latest: room for both, first
-      checkpoints.check_room(_state_tree(state), 2,
-                             "this model's checkpoints (a best and a latest, saved each epoch)")
+    if run.epoch >= config.num_epochs or run.should_stop(config.early_stopping_patience):
+      logging.info('nothing to train: the run in %s ended at epoch %d (best %.4f at epoch %d); '
+                   'raise --config.num_epochs (or --config.early_stopping_patience) to train on',
+                   workdir, run.epoch, run.best.best_score, run.best.best_epoch)
+      return state
+    checkpoints.check_room_for_run(_state_tree(state), config.num_epochs - run.epoch)
     if primary:
       model_summary = models.summary(model, {'params': state.params,
                                              'batch_stats': state.batch_stats})
@@ -335,15 +339,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
           board.train_loss(int(state.step), running_loss)
       bar.close()
       train_objective, train_loss, train_accuracy = summarize(sums)
-      first_loss = run.history[0]['train_objective'] if run.history else None
-      if not np.isfinite(train_objective) or (first_loss and train_objective > 100 * first_loss):
+      # Against epoch 1's loss, or in epoch 1 the loss of a uniform guess, ln(classes).
+      reference, reference_name = ((run.history[0]['train_objective'], "epoch 1's") if run.history
+                                   else (np.log(config.model.num_classes), 'a uniform guess\'s'))
+      if not np.isfinite(train_objective) or train_objective > 100 * reference:
         raise FerJaxError(
             f'training diverged in epoch {epoch}: the train loss is {train_objective:.4g}'
-            + (f', over 100x epoch 1\'s {first_loss:.4g}' if np.isfinite(train_objective) else '')
-            + (f'; the checkpoints of epoch {run.epoch} and before are kept' if run.epoch else
-               '; nothing was saved before it') + '. Lower config.head_lr / config.backbone_lr '
-            '(or config.weight_decay), or check the data, then rerun (a rerun resumes from the '
-            'latest checkpoint, with the new rates) or start a new --workdir.')
+            + (f', over 100x {reference_name} {reference:.4g}' if np.isfinite(train_objective)
+               else '')
+            + (f'; the checkpoints of epoch {run.epoch} and before are kept. Lower '
+               'config.head_lr / config.backbone_lr (or config.weight_decay), or check the data, '
+               'then rerun (it resumes from the latest checkpoint, with the new rates) or start a '
+               'new --workdir.' if run.epoch else
+               '; nothing was saved before it. Lower config.head_lr / config.backbone_lr (or '
+               'config.weight_decay), or check the data, then rerun.'))
       train_seconds = time.perf_counter() - epoch_start
       if recalibration_faces and state.batch_stats:
         state = state.replace(
@@ -390,7 +399,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       if improved:
         board.confusion(np.array(reports[config.select_tta]['confusion_matrix']), list(classes),
                         step_now)
-      meta = checkpoint_meta(config, run, classes)
+      meta = checkpoint_meta(config, run, classes, fingerprints)
       save_latest = saves_latest(epoch, config, run)
       if save_latest or improved:
         checkpoints.save_epoch(step_now, jax.device_get(_state_tree(state)), meta, best=improved,

@@ -47,7 +47,9 @@ def main() -> None:
   number, when = sys.argv[2].split(':') if len(sys.argv) > 2 and ':' in sys.argv[2] else ('0', 'never')
   for override in (arg for arg in sys.argv[2:] if '=' in arg):  # a rerun with a changed field
     field, value = override.split('=')
-    config[field] = type(config[field])(value)
+    group, _, name = field.rpartition('.')
+    owner = config[group] if group else config
+    owner[name] = type(owner[name])(value)
   kill_at(int(number), when)
   stage_scores()
   try:

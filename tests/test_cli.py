@@ -104,3 +104,33 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
   _, stderr = run.communicate(timeout=600)
   assert run.returncode == 1, stderr[-2000:]
   assert 'Traceback' not in stderr and 'BrokenPipeError' not in stderr, stderr[-2000:]
+
+
+# A command whose Ctrl-C arrives inside a garbage-collection callback (JAX registers one), where
+# Python prints an exception and drops it.
+_INTERRUPT_IN_GC = '''
+import gc, os, signal, time
+from fer_jax import cli
+
+def main(argv):
+  def callback(phase, info):
+    if phase == 'start':
+      gc.callbacks.remove(callback)
+      os.kill(os.getpid(), {signum})
+      time.sleep(0.2)  # the signal's handler raises here, inside the callback
+  gc.callbacks.append(callback)
+  gc.collect()
+  time.sleep(0.5)
+  print('finished')
+
+cli.run(main, uses_jax=False)
+'''
+
+
+@pytest.mark.parametrize('signum,status,name', [(2, 130, 'SIGINT (Ctrl-C)'), (15, 143, 'SIGTERM')])
+def test_an_interrupt_inside_a_gc_callback_still_stops_the_command(signum, status, name):
+  out = subprocess.run([sys.executable, '-c', _INTERRUPT_IN_GC.format(signum=signum)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert out.returncode == status, out.stderr[-2000:]
+  assert 'finished' not in out.stdout and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip() == f'error: interrupted by {name}: nothing more was written.'

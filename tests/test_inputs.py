@@ -206,8 +206,11 @@ def test_output_paths_are_made_or_refused_before_any_work_and_photos_are_annotat
                                           '--help for the flags.'),
     (['fer_jax.export', '--pretrained', '--out', '/proc/fer.onnx'], 1, None),
     (['fer_jax.main', '--config', 'tests/configs_that_fail/no_get_config.py', '--workdir', 'x'], 2,
-     "error: the --config file failed to load (AttributeError: module 'config_config' has no "
-     "attribute 'get_config'); fix it or pass another config file."),
+     'error: --config=tests/configs_that_fail/no_get_config.py defines no get_config(); define '
+     'one that returns an ml_collections.ConfigDict (configs/enhanced.py shows how).'),
+    (['fer_jax.main', '--config', 'configs/smoke.py', '--workdir='], 2,
+     'error: --workdir is empty; pass the folder of the run, e.g. --workdir runs/smoke; run with '
+     '--help for the flags.'),
     (['fer_jax.main', '--config', 'tests/configs_that_fail/returns_none.py', '--workdir', 'x'], 2,
      'error: --config=tests/configs_that_fail/returns_none.py: its get_config() returned None, not '
      'an ml_collections.ConfigDict; return one (configs/enhanced.py shows how).'),

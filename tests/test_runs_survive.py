@@ -5,6 +5,7 @@ import contextlib
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +23,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def _killed_run(workdir, kill: str = '') -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, os.path.join(HERE, 'killed_run.py'), str(workdir)]
-                        + ([kill] if kill else []), capture_output=True, text=True, cwd=REPO)
+def _killed_run(workdir, *args: str) -> subprocess.CompletedProcess:
+  """tests/killed_run.py on `workdir` with its arguments: N:WHEN (a kill) and FIELD=VALUE."""
+  return subprocess.run([sys.executable, os.path.join(HERE, 'killed_run.py'), str(workdir), *args],
+                        capture_output=True, text=True, cwd=REPO)
 
 
 def _leftovers(workdir) -> list[str]:
@@ -78,6 +80,14 @@ def test_a_rerun_that_trains_differently_rewrites_the_replayed_best(tmp_path, re
       'give 2 (batch size 64); a resumed run keeps its batch size and training faces, so its steps '
       "and schedule stay one run's: resume with --config.batch_size=32 and the same data, or pass "
       'a new --workdir.')
+  # The same count of other training faces (generated with another seed): refused too.
+  changed_faces = _killed_run(tmp_path, 'data.train_split=validation', 'data.generated_eval_size=128')
+  assert changed_faces.returncode == 1 and 'Traceback' not in changed_faces.stderr
+  assert re.fullmatch(
+      rf'error: {tmp_path} holds a run that trained on other training faces \(128, fingerprint '
+      r'[0-9a-f]{16}\) than this config loads \(128, [0-9a-f]{16}\); a resumed run keeps its data: '
+      r'resume with the data settings in config.json there, or pass a new --workdir.',
+      changed_faces.stderr.strip().splitlines()[-1]), changed_faces.stderr[-2000:]
   rerun = _killed_run(tmp_path, 'head_lr=0.002')
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   history = [{k: v for k, v in r.items() if k not in ('epoch_seconds', 'train_images_per_second')}
@@ -158,21 +168,31 @@ def test_read_only_and_full_disks_are_one_sentence(tmp_path):
   # 20 MiB holds the run's small files but not a 77 MiB checkpoint (params and Adam's moments).
   assert _mount_tmpfs(tmp_path / 'full', 'size=20m')
   try:
-    with pytest.raises(FerJaxError, match=r"no room for this model's checkpoints \(a best and a latest, "
-                                          r'saved each epoch\): about \d+ MiB needed in .*full/run/checkpoints, '
-                                          r'which has \d+ MiB free; free some space .*; then: '
-                                          r'nothing was saved before the first checkpoint, and the '
-                                          r'new workdir .* was removed'):
+    with pytest.raises(FerJaxError, match=r"no room for this model's checkpoints \(2 copies of \d+ "
+                                          r'MiB at the peak of a save.*\): about \d+ MiB needed in '
+                                          r'.*full/run/checkpoints, which has \d+ MiB free; free some '
+                                          r'space there; nothing was saved before the first '
+                                          r'checkpoint, and the new workdir .* was removed'):
       train.train_and_evaluate(_small_config(), str(tmp_path / 'full' / 'run'))
     assert not os.path.exists(tmp_path / 'full' / 'run'), 'the failed start left its workdir'
   finally:
     subprocess.run(['umount', '-l', str(tmp_path / 'full')])
+  # 200 MiB holds a best and a latest, not the four copies that exist while epoch 2 saves.
+  assert _mount_tmpfs(tmp_path / 'two', 'size=200m')
+  try:
+    config = _small_config()
+    config.num_epochs = 2
+    with pytest.raises(FerJaxError, match=r"no room for this model's checkpoints \(4 copies of"):
+      train.train_and_evaluate(config, str(tmp_path / 'two' / 'run'))
+    assert not os.path.exists(tmp_path / 'two' / 'run')
+  finally:
+    subprocess.run(['umount', '-l', str(tmp_path / 'two')])
 
 
 def test_a_disk_that_fills_during_a_save_is_one_sentence(tmp_path):
   """Another writer takes the space after the free-space check, while Orbax writes the first
   checkpoint: one line, no thread's traceback, and the new workdir is gone."""
-  if not _mount_tmpfs(tmp_path / 'disk', 'size=300m'):
+  if not _mount_tmpfs(tmp_path / 'disk', 'size=400m'):
     pytest.skip('cannot mount a tmpfs here')
   workdir, filler = tmp_path / 'disk' / 'run', tmp_path / 'disk' / 'filler'
   try:
@@ -185,20 +205,28 @@ def test_a_disk_that_fills_during_a_save_is_one_sentence(tmp_path):
     while not _leftovers(workdir):  # Orbax has begun the step's temporary folder
       assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()[-2000:]
       time.sleep(0.01)
-    with open(filler, 'wb') as f:  # takes every free byte
+    with open(filler, 'wb') as f:  # takes every free byte at once (fallocate), then the rest
+      with contextlib.suppress(OSError):
+        os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(filler).free)
       with contextlib.suppress(OSError):
         while True:
-          f.write(bytes(2**20))
+          f.write(bytes(2**16))
           f.flush()
     _, stderr = run.communicate(timeout=300)
     assert run.returncode == 1, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
+    assert 'Traceback' not in stderr and len(stderr) < 5000, stderr[-3000:]
+    # When the best checkpoint was complete before the disk was full, the latest's write or its
+    # check fails instead, and the best is left to evaluate.
+    if workdir.exists():
+      assert re.fullmatch(r'error: (could not write|no room for) the latest checkpoint \(step 2\)'
+                          r'.*; free some space (there|or fix the folder); only the best checkpoint '
+                          r'\(step 2\) was saved in .*', last), last
+      return
     assert re.fullmatch(r'error: could not write the best checkpoint \(step 2\) to .*/best: No space '
                         r'left on device \(\d+ MiB free there\); free some space or fix the folder; '
-                        r'then: nothing was saved before the first checkpoint, and the new workdir '
+                        r'nothing was saved before the first checkpoint, and the new workdir '
                         r'.* was removed; rerun the same command to start again.', last), last
-    assert 'Traceback' not in stderr and len(stderr) < 5000, stderr[-3000:]
-    assert not workdir.exists()
   finally:
     subprocess.run(['umount', '-l', str(tmp_path / 'disk')])
 
@@ -220,9 +248,18 @@ def test_resuming_with_a_config_that_changes_the_state_is_one_sentence(tmp_path)
     ('head_lr', float('inf'), r'config.head_lr=inf is not a finite number'),
     ('weight_decay', float('nan'), r'config.weight_decay=nan is not a finite number'),
     ('data.generated_train_size', -5, r'config.data.generated_train_size=-5 is negative'),
+    ('model.dtype', 'float8', r"config.model.dtype='float8' is not a compute dtype the models "
+                              r'train in; use one of float32, bfloat16, float16'),
+    ('model.dtype', 'int32', r"config.model.dtype='int32' is not a compute dtype"),
+    ('seed', 2**64, r'config.seed=18446744073709551616 is out of range; use a whole number from 0'),
+    ('seed', 2**32, r'config.seed=4294967296 is out of range'),
+    ('lr_decay_every_epochs', 0, r'config.lr_decay_every_epochs=0 must be at least 1'),
+    ('warmup_epochs', 1.0, r'config.warmup_epochs=1.0 is not below config.num_epochs=1'),
 ])
 def test_nonsense_values_are_refused_before_any_work(tmp_path, field, value, message):
   config = _small_config()
+  if field == 'warmup_epochs':  # the step schedule has no warm-up
+    config.lr_schedule = 'cosine'
   group, _, name = field.rpartition('.')
   (config[group] if group else config)[name] = value
   with pytest.raises(FerJaxError, match=message):
@@ -245,6 +282,13 @@ def test_a_loss_that_explodes_stops_the_run_and_keeps_the_last_good_checkpoint(t
   assert f'the checkpoints of epoch {diverged - 1} and before are kept' in str(e.value)
   _, meta = checkpoint.load_for_inference(str(tmp_path), LATEST)
   assert meta['run']['epoch'] == diverged - 1
+  # In epoch 1 there is no earlier epoch to compare with: the loss of a uniform guess stands in.
+  config.num_epochs, config.head_lr = 1, 1e4
+  with pytest.raises(FerJaxError, match=r"training diverged in epoch 1: the train loss is [0-9.e+]+, "
+                                        r"over 100x a uniform guess's 1.946; nothing was saved "
+                                        r'before it. Lower config.head_lr'):
+    train.train_and_evaluate(config, str(tmp_path / 'first'))
+  assert not os.path.exists(tmp_path / 'first')
 
 
 def test_a_failed_start_leaves_no_workdir_and_an_unknown_field_names_the_closest(tmp_path):
@@ -284,3 +328,14 @@ def test_an_empty_split_and_a_csv_path_that_is_a_folder_are_one_sentence(tmp_pat
   with pytest.raises(FerJaxError, match=r'is a folder, not a CSV file'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not os.path.exists(tmp_path / 'run')
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_rewrites_nothing(tmp_path, caplog):
+  train.train_and_evaluate(_small_config(), str(tmp_path))
+  written = {name: os.stat(tmp_path / name).st_mtime_ns
+             for name in ('config.json', 'metrics.jsonl', 'model_summary.txt', 'learning_curves.png')}
+  with caplog.at_level('INFO'):
+    train.train_and_evaluate(_small_config(), str(tmp_path))
+  assert any(f'nothing to train: the run in {tmp_path} ended at epoch 1' in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records][-5:]
+  assert {name: os.stat(tmp_path / name).st_mtime_ns for name in written} == written
