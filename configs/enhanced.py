@@ -12,13 +12,13 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0                      # 0 to 2**32 - 1
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'cnn48'
   config.model.num_classes = 7
   config.model.dropout_rate = 0.5
-  config.model.dtype = 'float32'
+  config.model.dtype = 'float32'       # compute dtype: float32, bfloat16 or float16
   # Transfer models (configs/transfer_vgg16.py): an ImageNet weight file and how to read it.
   config.model.pretrained_weights = ''  # '' = random initialisation
   config.model.first_conv = 'sum'       # RGB kernels -> one channel: 'sum' or 'luminance'

@@ -28,7 +28,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
-from fer_jax import FerJaxError
+from fer_jax import FerJaxError, cli
 
 LATEST, BEST = 'latest', 'best'
 LOCK_FILE = '.lock'
@@ -245,20 +245,12 @@ def settle_stopped_run(workdir: str, is_new: bool, primary: bool) -> str:
 
 
 def prepare_workdir(workdir: str) -> bool:
-  """Creates the workdir and proves it writable before any data is read; True when it is new
-  (so a start that fails can remove it again)."""
+  """Creates the workdir and proves it writable before any data is read (fer_jax.cli); True when
+  it is new, so a start that fails can remove it again."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise FerJaxError(f'--workdir={workdir} is a file, not a folder; pass a folder path.')
   created = not os.path.exists(workdir)
-  probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise FerJaxError(f'--workdir={workdir} is not writable ({e.strerror}); pass a folder you can '
-                      'write to.') from None
+  cli.prepare_folder(workdir, '--workdir')
   return created
 
 
