@@ -66,6 +66,21 @@ def is_video(source: Any) -> bool:
   return isinstance(source, int) or str(source).lower().endswith(VIDEO_EXTENSIONS)
 
 
+def check_explain_names(inputs: list[Any], out_dir: str) -> None:
+  """--explain names its figures by each photo's name (explain_figures.write_explanations): two
+  photos of one name in different folders would overwrite each other, so they are refused first."""
+  seen = {}
+  for source in inputs:
+    if isinstance(source, int) or is_video(source):
+      continue  # videos are classified only
+    stem = os.path.splitext(os.path.basename(source))[0]
+    if stem in seen:
+      raise FerJaxError(f'--explain: {seen[stem]} and {source} would both be drawn as '
+                        f'{os.path.join(out_dir, stem)}_face<i>.png; explain them in separate runs '
+                        'or rename one.')
+    seen[stem] = source
+
+
 def annotation_paths(inputs: list[Any], annotate: str | None) -> dict[Any, str]:
   """Where each input's annotated copy goes: with one input, `annotate` is the file; with several,
   a folder that gets `<input name>_annotated.<png|mp4>` per input. Checked (and folders made)
@@ -253,6 +268,7 @@ def main(argv: list[str]) -> None:
   csv_path = cli.prepare_output(FLAGS.csv, '--csv') if FLAGS.csv else None
   annotations = annotation_paths(files, FLAGS.annotate)
   if FLAGS.explain:
+    check_explain_names(files, FLAGS.explain)
     cli.prepare_folder(FLAGS.explain, '--explain')
   from fer_jax.predictor import Predictor
   options = dict(tta=FLAGS.tta, detector=FLAGS.detector, align=not FLAGS.no_align)

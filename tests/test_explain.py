@@ -193,6 +193,19 @@ def test_predict_explain_writes_one_figure_per_face(tmp_path, real_faces):
   assert sorted(os.listdir(out)) == ['astronaut_face0.png', 'crop_face0.png']
   with Image.open(out / 'astronaut_face0.png') as photo, Image.open(out / 'crop_face0.png') as crop:
     assert photo.size[0] > crop.size[0] > 500  # the photo panel is the third
+  # Two photos of one name in different folders would overwrite each other's figures.
+  os.makedirs(tmp_path / 'other')
+  Image.fromarray(real_faces[0][1]).save(tmp_path / 'other' / 'crop.png')
+  clash = subprocess.run(
+      [sys.executable, '-m', 'fer_jax.predict', '--pretrained', '--explain', str(tmp_path / 'maps2'),
+       str(tmp_path / 'crop.png'), str(tmp_path / 'other' / 'crop.png')],
+      capture_output=True, text=True, cwd=REPO, env={**os.environ, 'PYTHONPATH': REPO})
+  assert clash.returncode == 1 and 'Traceback' not in clash.stderr
+  assert clash.stderr.strip().splitlines()[-1] == (
+      f'error: --explain: {tmp_path / "crop.png"} and {tmp_path / "other" / "crop.png"} would both '
+      f'be drawn as {tmp_path / "maps2" / "crop"}_face<i>.png; explain them in separate runs or '
+      'rename one.')
+  assert not os.path.exists(tmp_path / 'maps2')
 
 
 def test_evaluate_explain_counts_the_confusions_it_draws(tmp_path, real_faces):
