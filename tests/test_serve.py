@@ -210,3 +210,26 @@ def test_a_taken_port_and_a_missing_model_are_one_line(photos):
                        cwd=REPO, timeout=120)
   assert run.returncode == 2 and 'either --workdir' in run.stderr
   assert np.all([line.startswith('error:') for line in run.stderr.strip().splitlines()])
+
+
+def test_explain_adds_each_faces_map_as_the_library_computes_it(server, photos):
+  """Last in the module: the first explained request compiles the map (the compile count above
+  is of plain requests)."""
+  from fer_jax.explain_figures import crop_square
+  from fer_jax.predictor import Predictor
+  astronaut, _ = photos
+  answer = post(server, [astronaut], params={'explain': 'grad_cam'})
+  assert answer.status_code == 200, answer.text
+  face = answer.json()['faces'][0]
+  predictor = Predictor.pretrained(tta='flip')
+  crops, boxes = predictor.find_faces(str(astronaut))
+  expected = predictor.explain(crops[:1], predictor.probabilities(crops[:1]).argmax(-1))[0]
+  assert face['box'] == list(boxes[0]) and face['emotion'] == 'happy'
+  np.testing.assert_allclose(face['saliency'], expected, atol=2e-4)
+  assert face['crop_square'] == pytest.approx(crop_square(boxes[0], predictor.detector), abs=0.01)
+  assert 'saliency' not in post(server, [astronaut]).json()['faces'][0]  # only when asked
+  refused = post(server, [astronaut], params={'explain': 'shap'})
+  assert refused.status_code == 422
+  assert refused.json()['error'] == (
+      "the query parameter explain='shap' is not valid (input should be 'grad_cam' or "
+      "'integrated_gradients'); use grad_cam or integrated_gradients for explain.")

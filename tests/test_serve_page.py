@@ -162,3 +162,21 @@ def test_the_camera_draws_labels_live_and_counts_frames(browser, server, tmp_pat
   assert browser.save_screenshot(str(tmp_path / 'serve_camera.png'))
   browser.find_element(By.ID, 'camera').click()
   assert not browser.find_element(By.ID, 'camera-view').is_displayed()
+
+
+def test_the_map_toggle_draws_each_faces_map_over_the_photo(browser, server, tmp_path):
+  from selenium.webdriver.common.by import By
+  photo = tmp_path / 'astronaut.png'
+  Image.fromarray(skimage_data.astronaut()).save(photo)
+  x, y, w, h = httpx.post(f'{server}/v1/predict', files={'file': photo.read_bytes()},
+                          timeout=120).json()['faces'][0]['box']
+  open_page(browser, server)
+  maps = lambda: browser.find_element(By.ID, 'photo').get_attribute('data-maps')  # noqa: E731
+  browser.find_element(By.ID, 'why').click()
+  browser.find_element(By.ID, 'file').send_keys(str(photo))
+  wait_for(lambda: maps() == '1', what='the map drawn over the face')
+  with_map = pixel(browser, 'photo', x + w // 2, y + h // 2)
+  browser.find_element(By.ID, 'why').click()  # off: the same photo is asked again, without maps
+  wait_for(lambda: maps() == '0', what='the photo drawn again without its map')
+  without = pixel(browser, 'photo', x + w // 2, y + h // 2)
+  assert np.abs(np.subtract(with_map, without)).max() > 20, (with_map, without)

@@ -2,6 +2,7 @@
 
     POST /v1/predict   images (multipart field `file`, one or several, or the raw body) -> every
                        face's box, emotion, confidence and probabilities (predict --json's rows)
+                       (?explain=grad_cam adds each face's saliency map)
     GET  /v1/model     labels, TTA, temperature, parameters, where the weights came from
     GET  /healthz      liveness and counters (requests, compiled calls, compilations since start)
     GET  /             the page (static/index.html, static/app.js); GET /docs the OpenAPI page
@@ -18,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -36,6 +37,7 @@ from fer_jax.data.images import load_image
 from fer_jax.predict import face_rows
 from fer_jax.serve.batching import Batcher
 
+EXPLAIN_METHODS = ('grad_cam', 'integrated_gradients')
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'static')
 MAX_FILES = 32  # images in one request
 FILE_FIELDS = ('file', 'files')
@@ -59,6 +61,14 @@ class Face(BaseModel):
   probabilities: dict[str, float]
 
 
+class ExplainedFace(Face):
+  """A face with its saliency map (?explain=): 48x48 values on the face crop's grid (Grad-CAM
+  in [0, 1] after ReLU; integrated gradients signed) and the square [x0, y0, side] of the image
+  that crop covers, to draw the map over the photo."""
+  saliency: list[list[float]]
+  crop_square: list[float]
+
+
 class Image(BaseModel):
   file: str | None
   width: int
@@ -67,7 +77,7 @@ class Image(BaseModel):
 
 
 class Predictions(BaseModel):
-  faces: list[Face]
+  faces: list[ExplainedFace | Face]
   images: list[Image]
   labels: list[str]
   model: str
@@ -144,12 +154,16 @@ async def read_images(request: Request, max_bytes: int) -> list[tuple[str | None
   return images
 
 
+_PARAMETER_VALUES = {'detect': 'true or false', 'explain': ' or '.join(EXPLAIN_METHODS)}
+
+
 def _validation_sentence(error: RequestValidationError) -> str:
   first = error.errors()[0]
   where = first.get('loc', ('query', '?'))
   name = where[-1] if where else '?'
   return (f'the {where[0]} parameter {name}={first.get("input")!r} is not valid '
-          f'({first.get("msg", "invalid").rstrip(".").lower()}); use true or false for detect.')
+          f'({first.get("msg", "invalid").rstrip(".").lower()}); use '
+          f'{_PARAMETER_VALUES.get(name, "a valid value")} for {name}.')
 
 
 def create_app(batcher: Batcher, model_info: dict[str, Any], max_upload_bytes: int,
@@ -206,7 +220,20 @@ def create_app(batcher: Batcher, model_info: dict[str, Any], max_upload_bytes: i
                                       predictor.align)
     return crops, boxes, (int(round(grey.shape[1] * scale)), int(round(grey.shape[0] * scale)))
 
-  async def classify(name: str | None, data: bytes, detect: bool | None
+  def saliency(crops: np.ndarray, boxes: list, probabilities: np.ndarray, method: str,
+               side: int) -> list[dict[str, Any]]:
+    """Each face's map for its predicted class (Predictor.explain) and its crop's square (for a
+    whole image taken as the face, its longer side)."""
+    from fer_jax.explain_figures import crop_square
+    # One face a call: one compiled shape, whatever the count (the first request compiles it).
+    maps = [predictor.explain(crops[i:i + 1], probabilities[i:i + 1].argmax(-1), method)[0]
+            for i in range(len(crops))]
+    return [{'saliency': np.round(m, 4).tolist(),
+             'crop_square': [round(float(v), 2) for v in (
+                 crop_square(box, predictor.detector) if box is not None else (0, 0, side))]}
+            for m, box in zip(maps, boxes)]
+
+  async def classify(name: str | None, data: bytes, detect: bool | None, explain: str | None
                      ) -> tuple[list[dict], dict]:
     try:
       crops, boxes, (width, height) = await run_in_threadpool(find, data, detect)
@@ -217,17 +244,25 @@ def create_app(batcher: Batcher, model_info: dict[str, Any], max_upload_bytes: i
     found = [dataclasses.replace(predictor.to_prediction(p), box=box)
              for p, box in zip(probabilities, boxes)]
     rows = [{'file': name, **row} for row in face_rows(found)]
+    if explain and rows:
+      maps = await run_in_threadpool(saliency, crops, boxes, np.asarray(probabilities), explain,
+                                     max(width, height))
+      rows = [{**row, **extra} for row, extra in zip(rows, maps)]
     return rows, {'file': name, 'width': width, 'height': height, 'faces': len(rows)}
 
   @app.post('/v1/predict', response_model=Predictions, responses=_ERRORS,
             openapi_extra=_UPLOAD_BODY)
-  async def predict(request: Request, detect: bool | None = None) -> dict[str, Any]:
+  async def predict(request: Request, detect: bool | None = None,
+                    explain: Literal[EXPLAIN_METHODS] | None = None) -> dict[str, Any]:
     """Every face in one or several images, largest first in each. `detect=false` takes each
     image as a face crop; `detect=true` always searches; unset, images up to 64 px are crops
-    (the rule of `python -m fer_jax.predict`). Boxes are (x, y, w, h) in the image's pixels."""
+    (the rule of `python -m fer_jax.predict`). Boxes are (x, y, w, h) in the image's pixels.
+    `explain=grad_cam` (about 35 ms a face on a CPU) or `integrated_gradients` (64 steps, seconds)
+    adds each face's saliency map for its emotion (fer_jax.explain) and the square it covers."""
     start = time.perf_counter()
     images = await read_images(request, max_upload_bytes)
-    results = await asyncio.gather(*(classify(name, data, detect) for name, data in images))
+    results = await asyncio.gather(*(classify(name, data, detect, explain)
+                                     for name, data in images))
     return {'faces': [row for rows, _ in results for row in rows],
             'images': [image for _, image in results], 'labels': predictor.labels,
             'model': model.get('version', ''), 'ms': round((time.perf_counter() - start) * 1e3, 2)}

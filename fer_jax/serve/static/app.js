@@ -14,9 +14,13 @@ function showError(sentence) {
   $('error').hidden = !sentence;
 }
 
-// POST one image; the parsed answer, or throws Error(the server's sentence).
-async function predict(body, detectOff) {
-  const url = '/v1/predict' + (detectOff ? '?detect=false' : '');
+// POST one image; the parsed answer, or throws Error(the server's sentence). `explain`: a
+// saliency method whose map the server adds to each face, or '' for none.
+async function predict(body, detectOff, explain = '') {
+  const query = new URLSearchParams();
+  if (detectOff) query.set('detect', 'false');
+  if (explain) query.set('explain', explain);
+  const url = '/v1/predict' + (query.toString() ? '?' + query : '');
   const init = {method: 'POST'};
   if (body instanceof File) {  // a form upload, so the answer and any error name the file
     init.body = new FormData();
@@ -59,6 +63,44 @@ function drawFaces(context, faces, scale, width, height) {
   }
 }
 
+// Matplotlib's 'jet' colour map, as the figures of `predict --explain` draw maps.
+function jet(v) {
+  const channel = (centre) =>
+    Math.round(255 * Math.min(Math.max(1.5 - Math.abs(4 * v - centre), 0), 1));
+  return [channel(3), channel(2), channel(1)];
+}
+
+// Each face's map (face.saliency, 48x48, from ?explain=grad_cam) at half opacity over its box:
+// scaled to the square its crop covers (face.crop_square), as fer_jax.explain_figures.into_photo
+// draws it. Returns how many maps were drawn.
+function drawMaps(context, faces, width, height) {
+  let drawn = 0;
+  for (const face of faces) {
+    if (!face.saliency) continue;
+    const size = face.saliency.length;
+    const top = Math.max(...face.saliency.flat(), 1e-12);
+    const map = document.createElement('canvas');
+    map.width = map.height = size;
+    const pixels = map.getContext('2d').createImageData(size, size);
+    face.saliency.flat().forEach((value, i) => {
+      pixels.data.set([...jet(Math.max(value, 0) / top), 128], 4 * i);
+    });
+    map.getContext('2d').putImageData(pixels, 0, 0);
+    const [x, y, w, h] = face.box || [0, 0, width, height];
+    const [x0, y0, side] = face.box ? face.crop_square : [0, 0, null];
+    context.save();
+    context.beginPath();
+    context.rect(x, y, w, h);
+    context.clip();
+    context.imageSmoothingEnabled = true;
+    if (side) context.drawImage(map, x0, y0, side, side);
+    else context.drawImage(map, 0, 0, width, height);  // the whole image is the face
+    context.restore();
+    drawn += 1;
+  }
+  return drawn;
+}
+
 // One card per face: its emotion, confidence, box and a bar per class.
 function faceCards(answer) {
   const cards = $('faces');
@@ -98,12 +140,15 @@ function faceCards(answer) {
   });
 }
 
+let shownFile = null;  // the photo on the page, asked again when a box is ticked
+
 async function showPhoto(file) {
+  shownFile = file;
   showError('');
   $('status').textContent = `classifying ${file.name}…`;
   let answer;
   try {
-    answer = await predict(file, $('crop').checked);
+    answer = await predict(file, $('crop').checked, $('why').checked ? 'grad_cam' : '');
   } catch (e) {
     $('status').textContent = '';
     $('photo-view').hidden = true;
@@ -120,6 +165,7 @@ async function showPhoto(file) {
   const picture = new Image();
   picture.onload = () => {
     context.drawImage(picture, 0, 0, image.width, image.height);
+    canvas.dataset.maps = drawMaps(context, answer.faces, image.width, image.height);
     drawFaces(context, answer.faces, 1, image.width, image.height);
     URL.revokeObjectURL(picture.src);
   };
@@ -217,6 +263,9 @@ function setUp() {
     if (e.dataTransfer.files.length) showPhoto(e.dataTransfer.files[0]);
   });
   $('camera').addEventListener('click', toggleCamera);
+  for (const box of ['crop', 'why']) {
+    $(box).addEventListener('change', () => { if (shownFile) showPhoto(shownFile); });
+  }
   fetch('/v1/model').then((r) => r.json()).then((model) => {
     $('model').textContent = `${model.version}, TTA ${model.tta}, ` +
         `${(model.parameters / 1e6).toFixed(1)} M parameters`;
