@@ -188,13 +188,18 @@ class Window:
 
 
 def classify(predictor: Any, crops: list[np.ndarray], views: int) -> np.ndarray:
-  """(N, classes) probabilities of the crops, in calls whose views fill one of the Predictor's
-  batch sizes exactly (a padded batch costs as much as a full one)."""
-  sizes = sorted({max(size // views, 1) for size in predictor.buckets if size <= BATCH}, reverse=True)
+  """(N, classes) probabilities of the crops, in calls of at most BATCH views: in onnxruntime
+  where the model has it (Predictor.runtimes; 1.5-3x faster at a frame's few faces), else in JAX
+  in calls whose views fill one of the Predictor's batch sizes exactly (a padded batch costs as
+  much as a full one)."""
+  runtime = predictor.runtimes[-1]
+  sizes = ([max(BATCH // views, 1)] if runtime == 'onnxruntime' else
+           sorted({max(size // views, 1) for size in predictor.buckets if size <= BATCH}, reverse=True))
   out, start = [np.zeros((0, len(predictor.labels)), np.float32)], 0
   while start < len(crops):
-    size = next(s for s in sizes if s <= len(crops) - start)
-    out.append(predictor.probabilities(np.stack(crops[start:start + size]), detected=True))
+    size = next((s for s in sizes if s <= len(crops) - start), len(crops) - start)
+    out.append(predictor.probabilities(np.stack(crops[start:start + size]), detected=True,
+                                       runtime=runtime))
     start += size
   return np.concatenate(out)
 
