@@ -8,7 +8,8 @@ milliseconds a frame in each stage of fer_jax.video.STAGES (decode runs on its o
 the stages add up to more than the wall time), for `search='full'` (every frame searched as a
 photo: the whole frame and 85-119 tiles) and `search='track'` (fer_jax.faces.VideoSearch), with
 `--tta none` and `--tta flip`. Agreement: of the faces both searches report in a frame, the share
-whose boxes overlap by IoU >= 0.9, and the share with the same emotion. Memory: the
+whose boxes overlap by IoU >= 0.9, and the share with the same emotion. Classifier: a call's
+milliseconds in each runtime (JAX, onnxruntime) at a frame's few faces and at 64. Memory: the
 process's RSS while a long synthetic stream is classified frame by frame in memory (no file).
 Absolute figures move with the machine's load; compare the ratios from one run.
 """
@@ -140,6 +141,24 @@ def run_path(predictor: Any, source: Any, search: str, frames: int) -> dict[str,
           'rows': rows}
 
 
+def runtime_ms(predictor: Any, sizes: tuple[int, ...] = (1, 3, 10, 64),
+               repeats: int = 15) -> dict[str, dict[int, float]]:
+  """Milliseconds a call of Predictor.logits on `size` faces takes in each of its runtimes
+  (median of `repeats` calls, the runtimes alternating, after one warm-up call each)."""
+  faces = np.random.default_rng(0).integers(0, 256, (max(sizes), 48, 48, 1), dtype=np.uint8)
+  times: dict[str, dict[int, list[float]]] = {r: {n: [] for n in sizes} for r in predictor.runtimes}
+  for size in sizes:
+    for runtime in predictor.runtimes:
+      predictor.logits(faces[:size], runtime)
+    for _ in range(repeats):
+      for runtime in predictor.runtimes:
+        start = time.perf_counter()
+        predictor.logits(faces[:size], runtime)
+        times[runtime][size].append(time.perf_counter() - start)
+  return {r: {n: round(1000 * float(np.median(t)), 2) for n, t in by_size.items()}
+          for r, by_size in times.items()}
+
+
 def rss_mb() -> float:
   """This process's resident memory now (Linux's /proc; the peak elsewhere), in MiB."""
   try:
@@ -202,6 +221,10 @@ def main(json_out: str = '') -> dict[str, Any]:
                                                             'track', 'write'))
                      + f' | {faces} | {tracks} |')
       print('\n'.join(lines[-3:]), flush=True)
+  report['classifier_ms'] = runtime_ms(predictors['none'])
+  lines += ['', 'Classifier, ms a call of Predictor.logits by batch size (median of 15): ' + '; '.join(
+      f'{runtime} ' + ', '.join(f'{n}: {ms:.1f}' for n, ms in by_size.items())
+      for runtime, by_size in report['classifier_ms'].items())]
   if FLAGS.video_memory_frames:
     report['memory'] = memory_run(predictors['none'], FLAGS.video_memory_frames)
     samples = report['memory']['rss_mb_by_frame']
