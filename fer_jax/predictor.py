@@ -4,7 +4,9 @@ A photo's faces are found and framed as FER2013 frames its faces (fer_jax.faces.
 small image is taken as a face crop already. Test-time augmentation averages the probabilities of
 several views of each face (by default ten crops of a face crop, a face and its mirror image for a
 face found in a photo: CROP_TTA, DETECTED_TTA); a temperature fitted on held-out faces
-(fer_jax.evaluation.fit_temperature) makes the confidences calibrated. Batches are padded to one
+(fer_jax.evaluation.fit_temperature), one per TTA variant where the weights have them (averaging
+views already softens the probabilities, so each variant needs its own), makes the confidences
+calibrated. Batches are padded to one
 of a few fixed sizes, so a stream of any batch sizes compiles a handful of times at most.
 
 Two runtimes run the same network: the jitted JAX forward pass (`runtime='jax'`, what photos,
@@ -88,7 +90,8 @@ class Predictor:
   def __init__(self, model_config: dict[str, Any], variables: dict[str, Any],
                label_map: dict[str, str] | None = None, batch_size: int = 512,
                fold_batchnorm: bool = False, tta: str | None = None, temperature: float = 1.0,
-               detector: str = 'blazeface', align: bool = True):
+               detector: str = 'blazeface', align: bool = True,
+               temperatures: dict[str, float] | None = None):
     if tta is not None and tta not in TTA_VARIANTS:
       raise FerJaxError(f'--tta={tta!r} is unknown; use one of {", ".join(TTA_VARIANTS)}.')
     if not temperature > 0:
@@ -97,6 +100,10 @@ class Predictor:
     if detector not in faces.DETECTORS:
       raise FerJaxError(f'--detector={detector!r} is unknown; use one of {", ".join(faces.DETECTORS)}.')
     self.tta, self.temperature, self.detector, self.align = tta, float(temperature), detector, align
+    # Per TTA variant; a variant not in it (and every variant when it is empty) uses `temperature`.
+    self.temperatures = {k: float(v) for k, v in (temperatures or {}).items()}
+    if not all(v > 0 for v in self.temperatures.values()):
+      raise FerJaxError(f'temperatures={temperatures} must all be positive.')
     self.model_config = ml_collections.ConfigDict(model_config)
     if fold_batchnorm and self.model_config.name != 'cnn48':
       raise FerJaxError(f'fold_batchnorm=True serves only model.name=cnn48, not '
@@ -148,13 +155,19 @@ class Predictor:
                                                    providers=['CPUExecutionProvider'])
     return self._session
 
+  def temperature_for(self, tta: str) -> float:
+    """The temperature of TTA variant `tta`'s probabilities: its own where one was fitted
+    (`temperatures`), else `temperature`."""
+    return self.temperatures.get(tta, self.temperature)
+
   @classmethod
   def pretrained(cls, **kwargs) -> 'Predictor':
     """The model that ships with fer_jax (fer_jax/weights/, card in README "Model card"), with
-    the temperature fitted for it on PublicTest."""
+    the temperatures fitted for it on PublicTest, one per TTA variant."""
     from fer_jax import pretrained
     variables, card = pretrained.load()
     kwargs.setdefault('temperature', card.get('temperature', 1.0))
+    kwargs.setdefault('temperatures', card.get('temperatures'))
     return cls(card['model_config'], variables, card['label_map'], **kwargs)
 
   @classmethod
@@ -207,14 +220,15 @@ class Predictor:
   def probabilities(self, faces: np.ndarray, tta: str | None = None, detected: bool = False,
                     runtime: str = 'jax') -> np.ndarray:
     """(N, classes) calibrated probabilities: the mean over the TTA variant's views (default
-    `tta_for(detected)`: were the faces found by a detector?) of softmax(logits / temperature),
-    the logits from `runtime` (`logits`)."""
+    `tta_for(detected)`: were the faces found by a detector?) of softmax(logits / temperature)
+    at the variant's temperature (`temperature_for`), the logits from `runtime` (`logits`)."""
     faces = as_faces(faces)
     if not len(faces):
       return np.zeros((0, len(self.labels)), np.float32)
-    views = TTA_VARIANTS[tta or self.tta_for(detected)](faces)
+    tta = tta or self.tta_for(detected)
+    views = TTA_VARIANTS[tta](faces)
     logits = self.logits(np.concatenate(views), runtime).reshape(len(views), len(faces), -1)
-    return calibrated(logits, self.temperature)
+    return calibrated(logits, self.temperature_for(tta))
 
   def explain(self, faces: np.ndarray, targets: Any = None, method: str = 'grad_cam',
               **options: Any) -> np.ndarray:

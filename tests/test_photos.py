@@ -159,6 +159,21 @@ def test_temperature_scaling_recovers_a_known_temperature_and_lowers_the_ece():
   assert sum(b['count'] for b in bins) == 20000
 
 
+def test_each_tta_variant_uses_its_own_fitted_temperature(predictor):
+  """The shipped card holds a temperature per TTA variant; probabilities of a variant are the
+  mean of softmax(logits / its temperature) over its views, whichever runtime gives the logits."""
+  assert set(predictor.temperatures) == set(TTA_VARIANTS)
+  assert predictor.temperature == predictor.temperatures['ten_crop']
+  crops, _ = predictor.find_faces(skimage_data.astronaut())
+  for tta in TTA_VARIANTS:
+    views = TTA_VARIANTS[tta](crops[..., None])
+    logits = predictor.logits(np.concatenate(views)).reshape(len(views), len(crops), -1)
+    expected = evaluation.calibrated(logits, predictor.temperatures[tta])
+    np.testing.assert_allclose(predictor.probabilities(crops, tta), expected, rtol=1e-6)
+  plain = Predictor(predictor.model_config.to_dict(), predictor.variables, temperature=2.0)
+  assert plain.temperature_for('flip') == 2.0  # no per-variant temperatures: the one for all
+
+
 def test_expected_calibration_error_by_hand():
   probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
   labels = np.array([0, 1, 0, 0])
