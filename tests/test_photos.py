@@ -110,8 +110,9 @@ def test_an_animated_gif_gives_its_first_frame(tmp_path, predictor):
 def test_tta_views_average_and_ten_crop_has_ten(predictor):
   rng = np.random.default_rng(0)
   face = rng.integers(0, 256, (3, 48, 48), dtype=np.uint8)
-  none = predictor.probabilities(face, 'none')
-  mirrored = predictor.probabilities(face[:, :, ::-1], 'none')
+  temperature = predictor.temperature_for('flip')  # each variant has its own
+  none = evaluation.calibrated(predictor.logits(face)[None], temperature)
+  mirrored = evaluation.calibrated(predictor.logits(face[:, :, ::-1])[None], temperature)
   np.testing.assert_allclose(predictor.probabilities(face, 'flip'), (none + mirrored) / 2,
                              rtol=1e-5, atol=1e-6)
   assert len(TTA_VARIANTS['ten_crop'](face[..., None])) == 10
