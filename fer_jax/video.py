@@ -278,8 +278,8 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
     rows = []
     while inflight and (wait or len(inflight) > 1):
       future, frames_done = inflight.popleft()
-      probabilities, seconds = future.result()
-      timer['classify'] += seconds
+      probabilities, spent = future.result()
+      timer['classify'] += spent
       offset = 0
       for index, seconds, frame_crops, boxes, tracks in frames_done:
         rows = []
