@@ -68,4 +68,4 @@ def test_the_python_block_of_docs_deploy_runs_without_jax(onnx_file, tmp_path):
   (tmp_path / 'deploy_example.py').write_text(blocks[0])
   result = _without_jax(str(tmp_path / 'deploy_example.py'), cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert re.fullmatch(r'\(\d+, \d+, \d+, \d+\) happy 0\.9\d+', result.stdout.strip()), result.stdout
+  assert re.fullmatch(r'\(\d+, \d+, \d+, \d+\) happy 0\.[89]\d+', result.stdout.strip()), result.stdout
