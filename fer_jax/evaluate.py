@@ -35,8 +35,9 @@ def define_flags() -> None:
   flags.DEFINE_string('recalibration_data', None, 'Where those Training faces come from; '
                       'default --data.')
   flags.DEFINE_bool('calibrate', False, 'Fit the temperature of the confidences on this split (it '
-                    'must be validation, PublicTest) for the first --tta variant, and store it in '
-                    '<workdir>/calibration.json, where predict and Predictor.from_workdir read it.')
+                    'must be validation, PublicTest) for each --tta variant, report each variant '
+                    'at its own, and store the first variant\'s in <workdir>/calibration.json, '
+                    'where predict and Predictor.from_workdir read it.')
   flags.DEFINE_integer('explain', 0, 'Also draw the mean Grad-CAM map per true class and per most '
                        'common confusion over the first N faces (fer_jax.explain), into '
                        'explain_<split>.png; 0 = none.')
@@ -109,12 +110,15 @@ def _one_dataset(predictor, data: str, out_dir: str) -> None:
       raise FerJaxError(f'--calibrate fits on validation (PublicTest) faces, not {split}; pass '
                         '--split validation.')
     faces, labels = evaluation.load_eval_data(data, split, predictor.labels)
-    predictor.temperature = evaluation.fit_temperature(
-        evaluation.view_logits(predictor, faces, FLAGS.tta[0]), labels)
+    # One temperature per TTA variant scored (averaging views softens the probabilities); a
+    # workdir stores the first variant's, which its predictor then uses for every variant.
+    predictor.temperatures = {variant: evaluation.fit_temperature(
+        evaluation.view_logits(predictor, faces, variant), labels) for variant in FLAGS.tta}
+    predictor.temperature = predictor.temperatures[FLAGS.tta[0]]
     if not FLAGS.pretrained:
       checkpoint.write_temperature(FLAGS.workdir, FLAGS.checkpoint, predictor.temperature,
                                    f'{data} {split}, TTA {FLAGS.tta[0]}')
-    logging.info('temperature %.3f fitted on %d %s faces', predictor.temperature, len(faces), split)
+    logging.info('temperatures %s fitted on %d %s faces', predictor.temperatures, len(faces), split)
   split, _, reports = _scored(predictor, data)
   for variant, report in reports.items():
     print(f'== {split}, TTA {variant} ==\n{evaluation.format_report(report, predictor.labels)}\n')

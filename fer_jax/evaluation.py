@@ -198,7 +198,7 @@ def evaluate(predictor: Predictor, faces: np.ndarray, labels: np.ndarray,
                             f'views scored ({plural(len(faces), "face")} x {per_face})',
                             enabled=progress)
   reports = {variant: report_from_logits(view_logits(predictor, faces, variant, bar), labels,
-                                         predictor.labels, predictor.temperature)
+                                         predictor.labels, predictor.temperature_for(variant))
              for variant in tta}
   bar.close()
   return reports

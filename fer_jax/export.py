@@ -6,7 +6,8 @@
 The graph takes what Predictor takes and gives what it gives for one view (TTA none):
   input  `faces`          uint8 [batch, 48, 48, 1], grey, pixels 0-255 (batch is dynamic)
   output `logits`         float32 [batch, 7]
-  output `probabilities`  float32 [batch, 7], softmax(logits / temperature), classes in the
+  output `probabilities`  float32 [batch, 7], softmax(logits / temperature) (the temperature of
+                          TTA none where the weights have one per TTA), classes in the
                           label map's order (stored as the model's metadata `labels`)
 It is written from the model's own variables with every BatchNorm folded into the conv or dense
 layer before it (fer_jax.batchnorm.fold), so it holds 12 convs, 4 max pools, a global average
@@ -72,7 +73,8 @@ def to_onnx(predictor: Any) -> bytes:
       nodes.append(helper.make_node('Relu', [out], [f'dense_relu{dense}']))
       x = f'dense_relu{dense}'
     dense += 1
-  nodes += [helper.make_node('Div', ['logits', constant('temperature', predictor.temperature)],
+  temperature = predictor.temperature_for('none')  # the graph is one view
+  nodes += [helper.make_node('Div', ['logits', constant('temperature', temperature)],
                              ['scaled_logits']),
             helper.make_node('Softmax', ['scaled_logits'], ['probabilities'], axis=1)]
   classes = len(predictor.labels)
@@ -85,7 +87,7 @@ def to_onnx(predictor: Any) -> bytes:
   model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)],
                             producer_name='fer_jax')
   helper.set_model_props(model, {'labels': json.dumps(predictor.labels),
-                                 'temperature': str(predictor.temperature)})
+                                 'temperature': str(temperature)})
   onnx.checker.check_model(model)
   return model.SerializeToString()
 

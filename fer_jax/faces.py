@@ -211,35 +211,52 @@ def detect_blazeface(rgb: np.ndarray, threshold: float = 0.75) -> list[Face]:
 class VideoSearch:
   """Faces in a video's frames at a bounded cost a frame, where a photo's full search (_tiles: 86
   BlazeFace passes at 640x480, 120 at 1920x1080) costs 10-20x more. Each frame gets: the whole
-  frame (face boxes of ~1/7 of its longer side and up, found the frame they appear); a window of
-  `window` box sizes around each tracked face's predicted box (each face at its own scale); and
-  the next `tiles_per_frame` tiles of each size of the full search in turn (half and a quarter of
-  the shorter side), so every tile is searched once every `sweep` frames and a face the full
-  search finds is found within that many frames of entering. Detections are merged as in a
-  photo (merge_candidates)."""
+  frame (face boxes of ~1/7 of its longer side and up, found the frame they appear); the tiles
+  of the full search that hold each tracked face's predicted box (`windows`: the face at the
+  scales the photo search sees it, so both searches' boxes agree); and the next
+  `tiles_per_frame` tiles of each size of the full search in turn (half and a quarter of the
+  shorter side), so every tile is searched once every `sweep` frames and a face the full search
+  finds is found within that many frames of entering. Detections are merged as in a photo
+  (merge_candidates)."""
 
-  def __init__(self, height: int, width: int, tiles_per_frame: int = 2, window: float = 2.0,
-               threshold: float = 0.75):
+  def __init__(self, height: int, width: int, tiles_per_frame: int = 1, threshold: float = 0.75):
     squares = _tiles(height, width)
     self.whole, self.tiles_per_frame = squares[0], tiles_per_frame
-    self.groups = [[t for t in squares[1:] if t[2] == side]
-                   for side in sorted({t[2] for t in squares[1:]}, reverse=True)]
-    self.window, self.threshold = window, threshold
+    self.sides = sorted({t[2] for t in squares[1:]}, reverse=True)
+    self.groups = [[t for t in squares[1:] if t[2] == side] for side in self.sides]
+    self.threshold = threshold
     self.sweep = max([math.ceil(len(g) / tiles_per_frame) for g in self.groups], default=1)
     self.turn = 0
 
+  def windows(self, box: tuple[int, int, int, int]) -> list[tuple[int, int, int]]:
+    """Squares (x, y, side) that search a face's box as the photo search does: of each tile side
+    in which BlazeFace finds it (1.6 to 7 box sizes: a margin around the face, and a box of at
+    least 1/7 of the square), the tile of the photo search that holds the box nearest its
+    centre, so both searches average detections of the same squares and their boxes agree (a
+    square centred on the face at one scale gives boxes a few pixels off, IoU < 0.9 for a third
+    of faces under 55 px). A face too large or too small for the tiles, or in a frame too small
+    to have any, gets a square of 2 box sizes centred on it."""
+    x, y, w, h = box
+    size, centre = max(w, h), (x + w / 2, y + h / 2)
+    squares = []
+    for side, group in zip(self.sides, self.groups):
+      if 1.6 * size <= side <= 7 * size:
+        squares.append(min(group, key=lambda t: (
+            not (t[0] <= x and t[1] <= y and x + w <= t[0] + side and y + h <= t[1] + side),
+            (t[0] + side / 2 - centre[0]) ** 2 + (t[1] + side / 2 - centre[1]) ** 2)))
+    side = max(round(2 * size), 16)
+    return squares or [(int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2)), side)]
+
   def squares(self, predicted: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int]]:
-    """The squares searched in the next frame, given the tracked faces' predicted boxes."""
-    squares = [self.whole]
-    for x, y, w, h in predicted:
-      side = max(int(round(self.window * max(w, h))), 16)
-      squares.append((int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2)), side))
+    """The squares searched in the next frame, given the tracked faces' predicted boxes, each
+    once (faces side by side share a tile)."""
+    squares = [self.whole] + [w for box in predicted for w in self.windows(box)]
     for group in self.groups:
       turns = math.ceil(len(group) / self.tiles_per_frame)
       start = (self.turn % turns) * self.tiles_per_frame
       squares += group[start:start + self.tiles_per_frame]
     self.turn += 1
-    return squares
+    return list(dict.fromkeys(squares))
 
   def __call__(self, rgb: np.ndarray, predicted: list[tuple[int, int, int, int]]) -> list[Face]:
     """Faces in the next frame (RGB uint8), largest first."""

@@ -4,8 +4,15 @@ A photo's faces are found and framed as FER2013 frames its faces (fer_jax.faces.
 small image is taken as a face crop already. Test-time augmentation averages the probabilities of
 several views of each face (by default ten crops of a face crop, a face and its mirror image for a
 face found in a photo: CROP_TTA, DETECTED_TTA); a temperature fitted on held-out faces
-(fer_jax.evaluation.fit_temperature) makes the confidences calibrated. Batches are padded to one
+(fer_jax.evaluation.fit_temperature), one per TTA variant where the weights have them (averaging
+views already softens the probabilities, so each variant needs its own), makes the confidences
+calibrated. Batches are padded to one
 of a few fixed sizes, so a stream of any batch sizes compiles a handful of times at most.
+
+Two runtimes run the same network: the jitted JAX forward pass (`runtime='jax'`, what photos,
+evaluation and serving use), and onnxruntime on the graph fer_jax.export writes
+(`runtime='onnxruntime'`, EnhancedCNN48 only: same logits within 1e-6, no padding, and 1.5-3x
+faster at the 1-10 faces a video frame holds on a 2-core CPU), which fer_jax.video uses.
 """
 import dataclasses
 from typing import Any, Callable, Sequence
@@ -45,6 +52,7 @@ TTA_VARIANTS: dict[str, Callable[[np.ndarray], list[np.ndarray]]] = {
 # crops (no significant difference) at a quarter of the cost, and none lower (docs/photos.md).
 CROP_TTA = 'ten_crop'
 DETECTED_TTA = 'flip'
+RUNTIMES = ('jax', 'onnxruntime')  # what runs the forward pass (module docstring)
 
 
 def as_faces(faces: Any) -> np.ndarray:
@@ -82,7 +90,8 @@ class Predictor:
   def __init__(self, model_config: dict[str, Any], variables: dict[str, Any],
                label_map: dict[str, str] | None = None, batch_size: int = 512,
                fold_batchnorm: bool = False, tta: str | None = None, temperature: float = 1.0,
-               detector: str = 'blazeface', align: bool = True):
+               detector: str = 'blazeface', align: bool = True,
+               temperatures: dict[str, float] | None = None):
     if tta is not None and tta not in TTA_VARIANTS:
       raise FerJaxError(f'--tta={tta!r} is unknown; use one of {", ".join(TTA_VARIANTS)}.')
     if not temperature > 0:
@@ -91,6 +100,10 @@ class Predictor:
     if detector not in faces.DETECTORS:
       raise FerJaxError(f'--detector={detector!r} is unknown; use one of {", ".join(faces.DETECTORS)}.')
     self.tta, self.temperature, self.detector, self.align = tta, float(temperature), detector, align
+    # Per TTA variant; a variant not in it (and every variant when it is empty) uses `temperature`.
+    self.temperatures = {k: float(v) for k, v in (temperatures or {}).items()}
+    if not all(v > 0 for v in self.temperatures.values()):
+      raise FerJaxError(f'temperatures={temperatures} must all be positive.')
     self.model_config = ml_collections.ConfigDict(model_config)
     if fold_batchnorm and self.model_config.name != 'cnn48':
       raise FerJaxError(f'fold_batchnorm=True serves only model.name=cnn48, not '
@@ -111,6 +124,12 @@ class Predictor:
     self._logits = jax.jit(self._forward)
 
   @property
+  def runtimes(self) -> tuple[str, ...]:
+    """The runtimes `logits` offers for this model: ('jax', 'onnxruntime') for EnhancedCNN48
+    (the model fer_jax.export writes), ('jax',) otherwise."""
+    return RUNTIMES if self.model_config.name == 'cnn48' else RUNTIMES[:1]
+
+  @property
   def variables(self) -> dict[str, Any]:
     """{'params', 'batch_stats'} of the model as trained; assigning refreshes what is served."""
     return self._variables
@@ -121,14 +140,34 @@ class Predictor:
     self._variables = jax.device_put(variables)
     self._serving_variables = (jax.jit(batchnorm.fold)(self._variables) if self.fold_batchnorm
                                else self._variables)
+    self._session = None  # onnxruntime's, built from these variables at first use
+
+  def _onnx_session(self) -> Any:
+    """onnxruntime session of fer_jax.export.to_onnx(self), on every core without spin-waiting
+    (threads that spin starve BlazeFace and decoding on a 2-core CPU)."""
+    if self._session is None:
+      import onnxruntime
+      from fer_jax import export
+      options = onnxruntime.SessionOptions()
+      options.inter_op_num_threads = 1
+      options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+      self._session = onnxruntime.InferenceSession(export.to_onnx(self), options,
+                                                   providers=['CPUExecutionProvider'])
+    return self._session
+
+  def temperature_for(self, tta: str) -> float:
+    """The temperature of TTA variant `tta`'s probabilities: its own where one was fitted
+    (`temperatures`), else `temperature`."""
+    return self.temperatures.get(tta, self.temperature)
 
   @classmethod
   def pretrained(cls, **kwargs) -> 'Predictor':
     """The model that ships with fer_jax (fer_jax/weights/, card in README "Model card"), with
-    the temperature fitted for it on PublicTest."""
+    the temperatures fitted for it on PublicTest, one per TTA variant."""
     from fer_jax import pretrained
     variables, card = pretrained.load()
     kwargs.setdefault('temperature', card.get('temperature', 1.0))
+    kwargs.setdefault('temperatures', card.get('temperatures'))
     return cls(card['model_config'], variables, card['label_map'], **kwargs)
 
   @classmethod
@@ -152,9 +191,17 @@ class Predictor:
   def _forward(self, variables, faces: jax.Array) -> jax.Array:
     return self._serving_model.apply(variables, augment.normalize(faces), train=False)
 
-  def logits(self, faces: np.ndarray) -> np.ndarray:
-    """uint8 (N, 48, 48[, 1]) faces -> (N, classes) logits, in fixed-size padded batches."""
+  def logits(self, faces: np.ndarray, runtime: str = 'jax') -> np.ndarray:
+    """uint8 (N, 48, 48[, 1]) faces -> (N, classes) logits: in JAX in fixed-size padded batches,
+    or in onnxruntime (one of `runtimes`; module docstring) in batches of any size."""
     faces = as_faces(faces)
+    if runtime not in self.runtimes:
+      raise FerJaxError(f'runtime={runtime!r} does not run model.name='
+                        f'{self.model_config.name!r}; use one of {", ".join(self.runtimes)}.')
+    if runtime == 'onnxruntime':
+      return np.concatenate([np.zeros((0, len(self.labels)), np.float32)] + [
+          self._onnx_session().run(['logits'], {'faces': faces[start:start + self.batch_size]})[0]
+          for start in range(0, len(faces), self.batch_size)])
     out = []
     for start in range(0, len(faces), self.batch_size):
       chunk = faces[start:start + self.batch_size]
@@ -170,16 +217,18 @@ class Predictor:
     predictor's `tta`, else DETECTED_TTA or CROP_TTA."""
     return self.tta or (DETECTED_TTA if detected else CROP_TTA)
 
-  def probabilities(self, faces: np.ndarray, tta: str | None = None,
-                    detected: bool = False) -> np.ndarray:
+  def probabilities(self, faces: np.ndarray, tta: str | None = None, detected: bool = False,
+                    runtime: str = 'jax') -> np.ndarray:
     """(N, classes) calibrated probabilities: the mean over the TTA variant's views (default
-    `tta_for(detected)`: were the faces found by a detector?) of softmax(logits / temperature)."""
+    `tta_for(detected)`: were the faces found by a detector?) of softmax(logits / temperature)
+    at the variant's temperature (`temperature_for`), the logits from `runtime` (`logits`)."""
     faces = as_faces(faces)
     if not len(faces):
       return np.zeros((0, len(self.labels)), np.float32)
-    views = TTA_VARIANTS[tta or self.tta_for(detected)](faces)
-    logits = self.logits(np.concatenate(views)).reshape(len(views), len(faces), -1)
-    return calibrated(logits, self.temperature)
+    tta = tta or self.tta_for(detected)
+    views = TTA_VARIANTS[tta](faces)
+    logits = self.logits(np.concatenate(views), runtime).reshape(len(views), len(faces), -1)
+    return calibrated(logits, self.temperature_for(tta))
 
   def explain(self, faces: np.ndarray, targets: Any = None, method: str = 'grad_cam',
               **options: Any) -> np.ndarray:

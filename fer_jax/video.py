@@ -1,13 +1,15 @@
 """Faces in a video or a camera stream: frames decoded on a thread in constant memory, faces found
-at a bounded cost a frame, the faces of several frames classified in one compiled call, each face
+at a bounded cost a frame, the faces of several frames classified in one onnxruntime call on a
+thread of its own while the next frames are searched (a live source: frame by frame), each face
 followed across frames (a track), its probabilities smoothed along the track, and optionally the
 video written back (or, live, shown) with boxes, emotions and confidences drawn on it.
 
 Search. A photo's full search (the whole image and 85-119 overlapping tiles) costs ~0.25 s a
 frame on a 2-core CPU. A video's frames instead get fer_jax.faces.VideoSearch: the whole frame,
-a window around each tracked face, and a few tiles in turn (every tile once in `sweep` frames:
-35 at 640x480, 49 at 1920x1080); the first frame, and any frame in which a face seen in the last
-sampled frame is not found near where its track predicts it, is searched in full as a photo.
+the photo search's tiles that hold each tracked face, and one tile of each size in turn (every
+tile once in `sweep` frames: 15 at 480x320, 70 at 640x480, 98 at 1280x720 and 1920x1080); the
+first frame, and any frame in which a face seen in the last sampled frame is not found near
+where its track predicts it, is searched in full as a photo.
 `search='full'` searches every frame in full (the slower reference the benchmark compares with).
 
 Tracks follow faces across frames by the rules of fer_jax.tracking; rows of tracks seen in
@@ -21,6 +23,7 @@ FerJaxError names both counts, so `predict` prints one `error:` line and exits 1
 count.
 """
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -188,13 +191,18 @@ class Window:
 
 
 def classify(predictor: Any, crops: list[np.ndarray], views: int) -> np.ndarray:
-  """(N, classes) probabilities of the crops, in calls whose views fill one of the Predictor's
-  batch sizes exactly (a padded batch costs as much as a full one)."""
-  sizes = sorted({max(size // views, 1) for size in predictor.buckets if size <= BATCH}, reverse=True)
+  """(N, classes) probabilities of the crops, in calls of at most BATCH views: in onnxruntime
+  where the model has it (Predictor.runtimes; 1.5-3x faster at a frame's few faces), else in JAX
+  in calls whose views fill one of the Predictor's batch sizes exactly (a padded batch costs as
+  much as a full one)."""
+  runtime = predictor.runtimes[-1]
+  sizes = ([max(BATCH // views, 1)] if runtime == 'onnxruntime' else
+           sorted({max(size // views, 1) for size in predictor.buckets if size <= BATCH}, reverse=True))
   out, start = [np.zeros((0, len(predictor.labels)), np.float32)], 0
   while start < len(crops):
-    size = next(s for s in sizes if s <= len(crops) - start)
-    out.append(predictor.probabilities(np.stack(crops[start:start + size]), detected=True))
+    size = next((s for s in sizes if s <= len(crops) - start), len(crops) - start)
+    out.append(predictor.probabilities(np.stack(crops[start:start + size]), detected=True,
+                                       runtime=runtime))
     start += size
   return np.concatenate(out)
 
@@ -210,7 +218,8 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
   cv2.VideoCapture-like object): frame, time_s, track, box, emotion, confidence,
   probabilities (smoothed along the track), for the tracks kept (MIN_HITS). `search='track'`
   finds BlazeFace faces with VideoSearch; 'full' searches each frame as a photo (detect_faces).
-  Faces of several frames are classified in one call of at most BATCH views; a live source
+  Faces of several frames are classified in one call of at most BATCH views, on a thread while
+  the next frames are searched; a live source
   (default: a camera index) is classified frame by frame, keeping only the newest frame, and
   shown on screen when `show` (default: live) and a display exists. `stages`, when given, gets
   the seconds spent in each of STAGES and the count of full searches ('full_searches'). A video that stops early raises FerJaxError after the
@@ -239,6 +248,7 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
     fer_faces.detect_squares(np.zeros((128, 128, 3), np.uint8), [(0, 0, 128)])
   reader = Reader(capture, every, decoding, live)
   start, sampled, pending, held = time.perf_counter(), 0, [], collections.deque()
+  classifier, inflight = concurrent.futures.ThreadPoolExecutor(1), collections.deque()
   full_searches = 0
 
   def release(final: bool) -> Iterator[dict]:
@@ -252,25 +262,36 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
       held.popleft()
       yield from (row for row, t in zip(rows, tracks) if t.hits >= need)
 
-  def flush() -> list[dict]:
-    """Classifies the pending frames' faces; returns the last frame's rows (shown and drawn)."""
+  def classify_timed(crops: list[np.ndarray]) -> tuple[np.ndarray, float]:
     clock = time.perf_counter()
-    crops = [c for _, _, frame_crops, _, _ in pending for c in frame_crops]
-    probabilities = classify(predictor, crops, views)
-    timer['classify'] += time.perf_counter() - clock
-    offset, rows = 0, []
-    for index, seconds, frame_crops, boxes, tracks in pending:
-      rows = []
-      for track, box, p in zip(tracks, boxes, probabilities[offset:offset + len(frame_crops)]):
-        p = tracker.blend(track, p)
-        best = int(np.argmax(p))
-        rows.append({'frame': index, 'time_s': round(seconds, 3), 'track': track.id,
-                     'box': list(box), 'emotion': predictor.labels[best],
-                     'confidence': round(float(p[best]), 6),
-                     'probabilities': {n: round(float(v), 6) for n, v in zip(predictor.labels, p)}})
-      offset += len(frame_crops)
-      held.append((rows, tracks))
-    pending.clear()
+    return classify(predictor, crops, views), time.perf_counter() - clock
+
+  def flush(wait: bool) -> list[dict]:
+    """Sends the pending frames' faces to the classifier's thread, which works while the next
+    frames are searched (onnxruntime and OpenCV release the GIL); then turns the classified
+    batches into rows, in order: all of them when `wait`, else all but the newest (at most one
+    is ever in flight). Returns the last frame's rows (shown and drawn)."""
+    if pending:
+      crops = [c for _, _, frame_crops, _, _ in pending for c in frame_crops]
+      inflight.append((classifier.submit(classify_timed, crops), list(pending)))
+      pending.clear()
+    rows = []
+    while inflight and (wait or len(inflight) > 1):
+      future, frames_done = inflight.popleft()
+      probabilities, spent = future.result()
+      timer['classify'] += spent
+      offset = 0
+      for index, seconds, frame_crops, boxes, tracks in frames_done:
+        rows = []
+        for track, box, p in zip(tracks, boxes, probabilities[offset:offset + len(frame_crops)]):
+          p = tracker.blend(track, p)
+          best = int(np.argmax(p))
+          rows.append({'frame': index, 'time_s': round(seconds, 3), 'track': track.id,
+                       'box': list(box), 'emotion': predictor.labels[best],
+                       'confidence': round(float(p[best]), 6),
+                       'probabilities': {n: round(float(v), 6) for n, v in zip(predictor.labels, p)}})
+        offset += len(frame_crops)
+        held.append((rows, tracks))
     return rows
 
   try:
@@ -293,10 +314,10 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
       tracks = tracker.update(boxes, index)
       timer['track'] += time.perf_counter() - clock
       if sum(len(p[2]) for p in pending) + len(crops) > capacity:
-        flush()
+        flush(wait=False)
       pending.append((index, seconds, crops, boxes, tracks))
       if live or annotate:
-        rows = [r for r, t in zip(flush(), tracks) if t.hits >= MIN_HITS]
+        rows = [r for r, t in zip(flush(wait=True), tracks) if t.hits >= MIN_HITS]
         clock = time.perf_counter()
         bgr = fer_faces.draw_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), rows)
         if annotate:
@@ -310,9 +331,10 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
           break
       yield from release(final=False)
       bar.update(min(index + 1, max(total, 1)))
-    flush()
+    flush(wait=True)
     yield from release(final=True)
   finally:
+    classifier.shutdown(wait=True, cancel_futures=True)
     reader.close()
     window.close()
     bar.close()

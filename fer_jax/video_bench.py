@@ -8,7 +8,8 @@ milliseconds a frame in each stage of fer_jax.video.STAGES (decode runs on its o
 the stages add up to more than the wall time), for `search='full'` (every frame searched as a
 photo: the whole frame and 85-119 tiles) and `search='track'` (fer_jax.faces.VideoSearch), with
 `--tta none` and `--tta flip`. Agreement: of the faces both searches report in a frame, the share
-whose boxes overlap by IoU >= 0.9, and the share with the same emotion. Memory: the
+whose boxes overlap by IoU >= 0.9, and the share with the same emotion. Classifier: a call's
+milliseconds in each runtime (JAX, onnxruntime) at a frame's few faces and at 64. Memory: the
 process's RSS while a long synthetic stream is classified frame by frame in memory (no file).
 Absolute figures move with the machine's load; compare the ratios from one run.
 """
@@ -27,6 +28,8 @@ CLIPS = (('640x480, 1 face', (480, 640), 1), ('640x480, 3 faces', (480, 640), 3)
 
 def define_flags() -> None:
   flags.DEFINE_integer('video_frames', 60, 'Frames in each benchmark clip (--video).')
+  flags.DEFINE_integer('video_camera_frames', 150, 'Frames given to the camera path at 30 '
+                       'frames/s (--video), per 640x480 clip and TTA; 0 = none.')
   flags.DEFINE_integer('video_memory_frames', 3000, 'Frames of the in-memory stream whose RSS '
                        '--video tracks (30 frames = 1 s of video); 0 = none.')
 
@@ -69,16 +72,23 @@ def write_clip(path: str, shape: tuple[int, int], count: int, frames: int) -> st
 
 
 class SyntheticCapture:
-  """A cv2.VideoCapture stand-in that makes `frames` frames in memory (nothing on disk)."""
+  """A cv2.VideoCapture stand-in that makes `frames` frames in memory (nothing on disk); with
+  `pace`, read() gives them at that many frames/s, as a camera does (all made before the first)."""
 
-  def __init__(self, shape: tuple[int, int], count: int, frames: int):
+  def __init__(self, shape: tuple[int, int], count: int, frames: int, pace: float = 0.0):
     self.shape, self.count, self.frames, self.index = shape, count, frames, 0
-    self.faces = _faces()
+    self.faces, self.pace, self.start = _faces(), pace, 0.0
+    self.made = [make_frame(i, shape, count, self.faces) for i in range(frames)] if pace else None
 
   def read(self):
     if self.index >= self.frames:
       return False, None
+    if self.pace:  # frame i is there at i / pace seconds after the first
+      self.start = self.start or time.perf_counter()
+      time.sleep(max(self.start + self.index / self.pace - time.perf_counter(), 0))
     self.index += 1
+    if self.made is not None:
+      return True, self.made[self.index - 1]
     return True, make_frame(self.index - 1, self.shape, self.count, self.faces)
 
   def grab(self) -> bool:
@@ -140,6 +150,39 @@ def run_path(predictor: Any, source: Any, search: str, frames: int) -> dict[str,
           'rows': rows}
 
 
+def runtime_ms(predictor: Any, sizes: tuple[int, ...] = (1, 3, 10, 64),
+               repeats: int = 15) -> dict[str, dict[int, float]]:
+  """Milliseconds a call of Predictor.logits on `size` faces takes in each of its runtimes
+  (median of `repeats` calls, the runtimes alternating, after one warm-up call each)."""
+  faces = np.random.default_rng(0).integers(0, 256, (max(sizes), 48, 48, 1), dtype=np.uint8)
+  times: dict[str, dict[int, list[float]]] = {r: {n: [] for n in sizes} for r in predictor.runtimes}
+  for size in sizes:
+    for runtime in predictor.runtimes:
+      predictor.logits(faces[:size], runtime)
+    for _ in range(repeats):
+      for runtime in predictor.runtimes:
+        start = time.perf_counter()
+        predictor.logits(faces[:size], runtime)
+        times[runtime][size].append(time.perf_counter() - start)
+  return {r: {n: round(1000 * float(np.median(t)), 2) for n, t in by_size.items()}
+          for r, by_size in times.items()}
+
+
+def camera_run(predictor: Any, shape: tuple[int, int], count: int, frames: int,
+               pace: float = 30.0) -> dict[str, Any]:
+  """The camera path (predict_video with live=True: the newest frame only, classified frame by
+  frame) on `frames` in-memory frames given at `pace` frames/s: the share of them analysed (a
+  frame not taken before the next arrives is skipped) and the analysed frames a second."""
+  from fer_jax import video
+  capture = SyntheticCapture(shape, count, frames, pace)
+  start = time.perf_counter()
+  analysed = {row['frame'] for row in video.predict_video(predictor, capture, progress=False,
+                                                            live=True, show=False)}
+  wall = time.perf_counter() - start
+  return {'pace': pace, 'frames': frames, 'analysed': len(analysed),
+          'analysed_per_s': round(len(analysed) / wall, 1)}
+
+
 def rss_mb() -> float:
   """This process's resident memory now (Linux's /proc; the peak elsewhere), in MiB."""
   try:
@@ -170,9 +213,10 @@ def main(json_out: str = '') -> dict[str, Any]:
   import jax
   from fer_jax.predictor import Predictor
   predictors = {tta: Predictor.pretrained(tta=tta) for tta in ('none', 'flip')}
-  for predictor in predictors.values():  # compile every batch size before timing
-    for size in predictor.buckets[:-1]:
-      predictor.logits(np.zeros((size, 48, 48), np.uint8))
+  for predictor in predictors.values():  # compile every batch size, load every runtime, first
+    for runtime in predictor.runtimes:
+      for size in predictor.buckets[:-1]:
+        predictor.logits(np.zeros((size, 48, 48), np.uint8), runtime)
   report: dict[str, Any] = {'jax': jax.__version__, 'cpus': os.cpu_count(),
                             'load_average_start': os.getloadavg(), 'clips': {}}
   lines = ['| clip | search | TTA | frames/s | vs full | decode | detect | crop | classify | '
@@ -201,6 +245,17 @@ def main(json_out: str = '') -> dict[str, Any]:
                                                             'track', 'write'))
                      + f' | {faces} | {tracks} |')
       print('\n'.join(lines[-3:]), flush=True)
+  if FLAGS.video_camera_frames:
+    report['camera'] = {f'{name}, {tta}': camera_run(predictors[tta], shape, count,
+                                                     FLAGS.video_camera_frames)
+                        for name, shape, count in CLIPS[:2] for tta in ('none', 'flip')}
+    lines += ['', 'Camera path (live=True), frames given at 30 frames/s: frames analysed of '
+              'those given: ' + '; '.join(f"{k} {v['analysed']} of {v['frames']}"
+                                          for k, v in report['camera'].items())]
+  report['classifier_ms'] = runtime_ms(predictors['none'])
+  lines += ['', 'Classifier, ms a call of Predictor.logits by batch size (median of 15): ' + '; '.join(
+      f'{runtime} ' + ', '.join(f'{n}: {ms:.1f}' for n, ms in by_size.items())
+      for runtime, by_size in report['classifier_ms'].items())]
   if FLAGS.video_memory_frames:
     report['memory'] = memory_run(predictors['none'], FLAGS.video_memory_frames)
     samples = report['memory']['rss_mb_by_frame']

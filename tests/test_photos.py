@@ -110,8 +110,9 @@ def test_an_animated_gif_gives_its_first_frame(tmp_path, predictor):
 def test_tta_views_average_and_ten_crop_has_ten(predictor):
   rng = np.random.default_rng(0)
   face = rng.integers(0, 256, (3, 48, 48), dtype=np.uint8)
-  none = predictor.probabilities(face, 'none')
-  mirrored = predictor.probabilities(face[:, :, ::-1], 'none')
+  temperature = predictor.temperature_for('flip')  # each variant has its own
+  none = evaluation.calibrated(predictor.logits(face)[None], temperature)
+  mirrored = evaluation.calibrated(predictor.logits(face[:, :, ::-1])[None], temperature)
   np.testing.assert_allclose(predictor.probabilities(face, 'flip'), (none + mirrored) / 2,
                              rtol=1e-5, atol=1e-6)
   assert len(TTA_VARIANTS['ten_crop'](face[..., None])) == 10
@@ -157,6 +158,21 @@ def test_temperature_scaling_recovers_a_known_temperature_and_lowers_the_ece():
   after, bins = evaluation.expected_calibration_error(evaluation.calibrated(logits, fitted), labels)
   assert after < 0.02 < before
   assert sum(b['count'] for b in bins) == 20000
+
+
+def test_each_tta_variant_uses_its_own_fitted_temperature(predictor):
+  """The shipped card holds a temperature per TTA variant; probabilities of a variant are the
+  mean of softmax(logits / its temperature) over its views, whichever runtime gives the logits."""
+  assert set(predictor.temperatures) == set(TTA_VARIANTS)
+  assert predictor.temperature == predictor.temperatures['ten_crop']
+  crops, _ = predictor.find_faces(skimage_data.astronaut())
+  for tta in TTA_VARIANTS:
+    views = TTA_VARIANTS[tta](crops[..., None])
+    logits = predictor.logits(np.concatenate(views)).reshape(len(views), len(crops), -1)
+    expected = evaluation.calibrated(logits, predictor.temperatures[tta])
+    np.testing.assert_allclose(predictor.probabilities(crops, tta), expected, rtol=1e-6)
+  plain = Predictor(predictor.model_config.to_dict(), predictor.variables, temperature=2.0)
+  assert plain.temperature_for('flip') == 2.0  # no per-variant temperatures: the one for all
 
 
 def test_expected_calibration_error_by_hand():

@@ -236,12 +236,12 @@ def test_a_count_off_by_1_frame_or_1_percent_is_no_shortfall():
   assert video.shortfall('a.mkv', 989, 1000, 30.0).startswith('a.mkv: decoded 989 of the 1000')
 
 
-ENTRY = 24  # the frame the small face enters
+ENTRY, FRAMES = 24, 48  # the frame the small face enters; the clip's length
 
 
 @pytest.fixture(scope='module')
 def entry_clip(tmp_path_factory) -> str:
-  """40 frames of 480x320: face A (an ~80 px box, found in the whole frame) walks right and is
+  """FRAMES frames of 480x320: face A (an ~80 px box, found in the whole frame) walks right and is
   hidden in frames 12-21; face C (as large) flashes in frames 4-5 only; face B (a ~44 px box,
   which only the tiles find) enters at frame ENTRY and stays."""
   path = str(tmp_path_factory.mktemp('video') / 'entry.mp4')
@@ -249,7 +249,7 @@ def entry_clip(tmp_path_factory) -> str:
   big = cv2.resize(face, (200, 200), interpolation=cv2.INTER_AREA)
   small = cv2.resize(face[:, ::-1], (100, 100), interpolation=cv2.INTER_AREA)
   writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), 25, (480, 320))
-  for i in range(40):
+  for i in range(FRAMES):
     frame = np.full((320, 480, 3), 90, np.uint8)
     if not 12 <= i < 22:
       frame[60:260, 2 * i:200 + 2 * i] = big
@@ -262,23 +262,63 @@ def entry_clip(tmp_path_factory) -> str:
   return path
 
 
-@pytest.mark.parametrize('search', ['track', 'full'])
-def test_entry_gaps_and_false_tracks(entry_clip, search):
-  """A face entering is found within VideoSearch.sweep frames (at once by a full search); a face
-  hidden for 10 frames keeps its id; one seen in 2 frames (< MIN_HITS) is dropped."""
+@pytest.fixture(scope='module')
+def entry_rows(entry_clip) -> dict[str, list[dict]]:
   predictor = Predictor.pretrained(tta='none')
-  rows = list(video.predict_video(predictor, entry_clip, progress=False, search=search))
+  return {search: list(video.predict_video(predictor, entry_clip, progress=False, search=search))
+          for search in ('track', 'full')}
+
+
+def _by_track(rows: list[dict]) -> list[list[dict]]:
   by_track: dict[int, list[dict]] = {}
   for row in rows:
     by_track.setdefault(row['track'], []).append(row)
-  assert len(by_track) == 2, {t: [r['frame'] for r in rs] for t, rs in by_track.items()}
-  walker, entrant = sorted(by_track.values(), key=lambda rs: rs[0]['frame'])
-  assert [r['frame'] for r in walker] == [f for f in range(40) if not 12 <= f < 22]
+  return sorted(by_track.values(), key=lambda rs: rs[0]['frame'])
+
+
+@pytest.mark.parametrize('search', ['track', 'full'])
+def test_entry_gaps_and_false_tracks(entry_rows, search):
+  """A face entering is found within VideoSearch.sweep frames (at once by a full search), and one
+  large enough for the whole frame the frame it appears; a face hidden for 10 frames keeps its
+  id; one seen in 2 frames (< MIN_HITS) is dropped."""
+  tracks = _by_track(entry_rows[search])
+  assert len(tracks) == 2, [[r['frame'] for r in rs] for rs in tracks]
+  walker, entrant = tracks
+  # back in frame 22, where it reappears: the whole-frame pass finds it
+  assert [r['frame'] for r in walker] == [f for f in range(FRAMES) if not 12 <= f < 22]
   assert all(r['box'][0] < 260 for r in walker)  # the flash at x >= 270 left no row
   bound = 0 if search == 'full' else fer_faces.VideoSearch(320, 480).sweep
-  assert bound == {'full': 0, 'track': 8}[search]
+  assert bound == {'full': 0, 'track': 15}[search]
   assert ENTRY <= entrant[0]['frame'] <= ENTRY + bound
-  assert [r['frame'] for r in entrant] == list(range(entrant[0]['frame'], 40))
+  assert [r['frame'] for r in entrant] == list(range(entrant[0]['frame'], FRAMES))
+
+
+def test_tracked_boxes_and_emotions_are_the_full_searchs(entry_rows):
+  """Where both searches report a face, its box overlaps the full search's by IoU >= 0.9 (the
+  44 px face too: it is searched in the full search's own tiles) and its emotion is the same."""
+  full = {(r['frame'], r['box'][0] > 300): r for r in entry_rows['full']}
+  pairs = [(r, full[r['frame'], r['box'][0] > 300]) for r in entry_rows['track']
+           if (r['frame'], r['box'][0] > 300) in full]
+  assert len(pairs) >= FRAMES - 10 + 10  # the walker's 38 frames and the entrant's after its tile
+  for fast, slow in pairs:
+    assert _iou(fast['box'], slow['box']) >= 0.9, (fast, slow)
+    assert fast['emotion'] == slow['emotion']
+
+
+def test_a_tracked_face_is_searched_in_the_photo_searchs_tiles():
+  search = fer_faces.VideoSearch(480, 640)
+  tiles = set(fer_faces._tiles(480, 640))
+  # a 45 px box: a quarter (120 px) and a half (240 px) tile, each holding the whole box
+  windows = search.windows((300, 200, 45, 45))
+  assert [side for _, _, side in windows] == [240, 120] and set(windows) <= tiles
+  for x, y, side in windows:
+    assert x <= 300 and y <= 200 and 345 <= x + side and 245 <= y + side
+  assert search.windows((100, 100, 200, 200)) == [(0, 0, 400)]  # too large for the tiles
+  # two faces in one tile share it; the whole frame and one tile of each size complete the frame
+  squares = search.squares([(300, 200, 45, 45), (305, 200, 45, 45)])
+  assert squares[:3] == [(0, 0, 640)] + windows
+  assert len(squares) == len(set(squares)) == 1 + 2 + 2 - len(set(windows) & {(0, 0, 240), (0, 0, 120)})
+  assert search.sweep == 70  # 70 quarter tiles at 640x480, one a frame
 
 
 class _PacedCapture:

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
   import jax
   from fer_jax import evaluation
   from fer_jax.checkpoint import load_for_inference
-  from fer_jax.predictor import Predictor
+  from fer_jax.predictor import TTA_VARIANTS, Predictor
   variables, meta = load_for_inference(FLAGS.workdir, FLAGS.checkpoint)
   predictor = Predictor(meta['model_config'], variables, meta['label_map'])
   train_faces, _ = evaluation.load_eval_data(FLAGS.data, 'train')
@@ -45,17 +45,19 @@ def main(argv: list[str]) -> None:
   if FLAGS.dtype == 'bfloat16':
     import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy; a jax dependency)
   predictor.variables = jax.device_put(from_half(to_half(predictor.variables, FLAGS.dtype)))
-  # The confidences' temperature, fitted on PublicTest's crops for their default TTA.
+  # The confidences' temperatures, fitted on PublicTest's crops, one per TTA variant; the crops'
+  # default variant's is also the temperature of any other.
   tta = predictor.tta_for(detected=False)
   ece_before = evaluation.evaluate(predictor, faces, labels, [tta])[tta]['ece']
-  predictor.temperature = evaluation.fit_temperature(
-      evaluation.view_logits(predictor, faces, tta), labels)
-  reports = evaluation.evaluate(predictor, faces, labels, ['none', 'flip', 'ten_crop'], progress=True)
+  predictor.temperatures = {variant: evaluation.fit_temperature(
+      evaluation.view_logits(predictor, faces, variant), labels) for variant in TTA_VARIANTS}
+  predictor.temperature = predictor.temperatures[tta]
+  reports = evaluation.evaluate(predictor, faces, labels, list(TTA_VARIANTS), progress=True)
   start, stop = CHECK_SLICE
   slice_report = evaluation.evaluate(predictor, faces[start:stop], labels[start:stop], ['none'])
   run = meta['run']
   card = {'model_config': meta['model_config'], 'label_map': meta['label_map'], 'dtype': FLAGS.dtype,
-          'temperature': predictor.temperature,
+          'temperature': predictor.temperature, 'temperatures': predictor.temperatures,
           'calibration': {'temperature': predictor.temperature, 'tta': tta,
                           'fitted_on': 'PublicTest, minimising the negative log-likelihood',
                           'ece_before': ece_before,
