@@ -15,6 +15,7 @@ killed run.
 import contextlib
 import errno
 import fcntl
+import glob
 import json
 import os
 import re
@@ -106,17 +107,19 @@ class Checkpoints:
           f'{os.path.join(self.workdir, "checkpoints")}, which has {free:.0f} MiB free; free some '
           'space there.')
 
-  def check_room_for_run(self, state_tree: Any, epochs_left: int) -> None:
-    """Before training: room for the most checkpoints the run will hold at once. An epoch that
-    improves writes its best, then its latest, before the previous pair is removed (module
-    docstring), so from the second epoch on four copies exist at the peak of a save."""
+  def check_room_for_run(self, state_tree: Any, epochs_left: int, every: int = 1) -> None:
+    """Before training: room for the most checkpoints the run can hold at once, a latest saved
+    every `every` epochs. Best steps are pruned only when a latest is saved (module docstring),
+    so at the peak of that save the previous best and latest, a best for each epoch since, and
+    the new latest exist: every + 3 copies (4 when every epoch saves a latest)."""
     kept = len(self.managers[LATEST].all_steps()) + len(self.managers[BEST].all_steps())
-    peak = 2 if epochs_left == 1 and not kept else 4
+    window = min(every, epochs_left)
+    peak = max(kept + window + 1, every + 3 if epochs_left > every else 0)
     if peak > kept:
       self.check_room(state_tree, peak - kept,
                       f"this model's checkpoints ({peak} copies of {_mib(state_tree):.0f} MiB at "
-                      'the peak of a save: a best and a latest, and the next pair written before '
-                      'the previous one is removed)')
+                      'the peak of a save: the latest and best kept, the bests of the epochs '
+                      'since, and the next latest, written before the older ones are removed)')
 
   def save(self, kind: str, step: int, state_tree: Any, meta: dict[str, Any]) -> None:
     """Saves and waits until the step is committed; a step already there is written anew."""
@@ -227,6 +230,25 @@ def what_was_saved(workdir: str, steps: dict[str, list[int]], removed: bool) -> 
           + '; rerun the same command to start again.')
 
 
+def remove_partial_steps(workdir: str) -> None:
+  """Removes the temporary folders of saves cut short (Orbax writes a step into
+  `<step>.orbax-checkpoint-tmp-*` and renames it when complete), so a stopped run does not hold
+  the space its message may ask to free; the managers must be closed first."""
+  for path in glob.glob(os.path.join(workdir, 'checkpoints', '*', '*.orbax-checkpoint-tmp*')):
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_workdir(workdir: str, attempts: int = 10) -> bool:
+  """Removes a new workdir that holds no checkpoint; True once it is gone. A writer thread of
+  a save cut short may still add a file while the tree is removed, so it tries again."""
+  for _ in range(attempts):
+    shutil.rmtree(workdir, ignore_errors=True)
+    if not os.path.exists(workdir):
+      return True
+    time.sleep(0.2)
+  return False
+
+
 def settle_stopped_run(workdir: str, is_new: bool, primary: bool) -> str:
   """How the processes of a multi-process run that stopped together go on: from the latest
   checkpoint when one was saved. Process 0 owns the workdir and removes a new one that holds no
@@ -237,8 +259,7 @@ def settle_stopped_run(workdir: str, is_new: bool, primary: bool) -> str:
     return f'{every} to resume from the latest checkpoint in {workdir}.'
   if not primary:  # process 0's disk may be another host's
     return f'{every} to resume from the latest checkpoint in {workdir}, if one was saved.'
-  if is_new and not steps[BEST]:
-    shutil.rmtree(workdir, ignore_errors=True)
+  if is_new and not steps[BEST] and remove_workdir(workdir):
     return (f'nothing was saved before the first checkpoint, and the new workdir {workdir} was '
             f'removed; {every} to start again.')
   return f'no checkpoint to resume from was saved in {workdir} yet; {every} to start again.'
@@ -290,9 +311,12 @@ def _restore_for_inference(directory: str, step: int | None) -> tuple[Any, int]:
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
   try:
     steps = manager.all_steps()
-    if not steps or (step is not None and step not in steps):
-      raise FerJaxError(f'{directory} has no checkpoint {step if step is not None else ""}'.strip()
-                        + f' (steps there: {sorted(steps) or "none"}); pick one of those.')
+    if not steps:
+      raise FerJaxError(f'{directory} holds no checkpoint yet; if a run is training there, wait '
+                        'for its first epoch to end.')
+    if step is not None and step not in steps:
+      raise FerJaxError(f'{directory} has no checkpoint {step} (steps there: {sorted(steps)}); '
+                        'pick one of those.')
     chosen = step if step is not None else max(steps)
     return manager.restore(chosen, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())), chosen

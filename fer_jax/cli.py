@@ -106,6 +106,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
       _fail(_config_load_error(e, config_path), EXIT_USAGE)
     if config_path and 'Flag --config must have a value' in str(e):
       _fail(_not_a_config(config_path, None), EXIT_USAGE)
+    group = re.match(r"flag --(config\.[\w.]+)=.*: Failed to parse '.*' as a ConfigDict", str(e))
+    if group:
+      _fail(f'--{group.group(1)} is a group of fields, not a value; set its fields one by one, '
+            f'e.g. --{group.group(1)}.<field>=<value>.', EXIT_USAGE)
     message = re.sub(r'flag --(\w+)=None: Flag --\w+ must have a value other than None\.',
                      r'--\1 is required.', str(e))
     _fail(f'{message.rstrip(".")}; run with --help for the flags.', EXIT_USAGE)
@@ -274,8 +278,10 @@ def unknown_config_field(argv: list[str]) -> str:
       field = arg[len('--config.'):].split('=')[0]
       if field not in fields:
         close = difflib.get_close_matches(field, fields, n=3, cutoff=0.6)
+        group = field.rpartition('.')[0]
+        names = [f.rpartition('.')[2] for f in fields if f.rpartition('.')[0] == group]
         hint = f'did you mean {" or ".join("config." + c for c in close)}?' if close else (
-            f'its fields are listed in {path}.')
+            f'the fields of config{"." + group if group else ""} are {", ".join(names)}.')
         return f'{arg}: {path} has no field {field!r}; {hint}'
   return f'a --config.<field> override names no field of {path}; check the spelling.'
 

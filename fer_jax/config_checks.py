@@ -21,7 +21,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   optim.create_optimizer(config, lr_fns)
   optim.validate_plateau(config)
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'steps_per_call',
-                'checkpoint_every_epochs'):
+                'checkpoint_every_epochs', 'log_every_steps'):
     if config[field] < 1:
       raise FerJaxError(f'config.{field}={config[field]} must be at least 1.')
   if config.bn_recalibration_faces < 0:
@@ -70,6 +70,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.select_tta not in ('none', 'flip', 'ten_crop'):
     raise FerJaxError(f'config.select_tta={config.select_tta!r} is unknown; use none, flip or '
                       'ten_crop.')
+  from fer_jax.data import SPLITS
+  for field in ('train_split', 'eval_split'):
+    if config.data[field] not in SPLITS:
+      raise FerJaxError(f'config.data.{field}={config.data[field]!r} is not a split; use one of '
+                        f'{", ".join(SPLITS)}.')
   for _, path in parse_evals(config.evals):
     if not os.path.exists(path):
       raise FerJaxError(f'config.evals names {path}, which does not exist; pass a FER2013 CSV, an '
@@ -147,5 +152,7 @@ def parse_evals(evals: str) -> list[tuple[str, str]]:
     if not sep or not name.isidentifier() or not path:
       raise FerJaxError(f'config.evals entry {item!r} is not name=path; write e.g. '
                         '--config.evals=raf=/data/raf_db,ck=/data/ck_plus (names: letters, digits, _).')
+    if name in dict(pairs):
+      raise FerJaxError(f'config.evals names {name!r} twice; give each dataset its own name.')
     pairs.append((name, path))
   return pairs

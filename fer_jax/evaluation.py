@@ -223,7 +223,10 @@ def load_named_evals(named_paths: list[tuple[str, str]],
   `classes`): the datasets of config.evals, scored every epoch under their names."""
   extra = {}
   for name, path in named_paths:
-    split = default_split(path)
-    extra[name] = load_eval_data(path, split, list(classes))
+    try:
+      split = default_split(path)
+      extra[name] = load_eval_data(path, split, list(classes))
+    except FerJaxError as e:
+      raise FerJaxError(f'config.evals entry {name}={path}: {e}') from None
     logging.info('evaluation %s: %d faces of %s (%s)', name, len(extra[name][1]), path, split)
   return extra

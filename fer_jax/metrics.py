@@ -2,6 +2,7 @@
 with tensorboardX, no TensorFlow), a log line, and a progress bar."""
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Any, TextIO
@@ -50,7 +51,7 @@ def log_outputs(workdir: str, epochs: int, best_score: float, best_epoch: int) -
                'next: python -m fer_jax.evaluate --workdir %s --data <csv or folder>, '
                'python -m fer_jax.predict --workdir %s <images>',
                os.path.abspath(workdir), plural(epochs, 'epoch'), best_score, best_epoch,
-               '\n'.join(lines), workdir, workdir)
+               '\n'.join(lines), shlex.quote(workdir), shlex.quote(workdir))
 
 
 class ProgressBar:

@@ -103,8 +103,7 @@ def with_plateau_scale(opt_state: Any, scale: float) -> Any:
 
 
 def validate_plateau(config: ml_collections.ConfigDict) -> None:
-  if config.lr_schedule != 'plateau':
-    return
+  """The plateau fields, whatever the schedule: a wrong value is wrong before it is used."""
   if not 0.0 < config.plateau_factor < 1.0:
     raise FerJaxError(f'config.plateau_factor={config.plateau_factor} is out of range; set it in '
                       '(0, 1), e.g. 0.5.')

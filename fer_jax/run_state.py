@@ -77,8 +77,8 @@ def resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, workdir:
   steps per epoch, nor the faces (num_epochs, rates, patience, augmentation, seed); the rest is one
   sentence. `fingerprints`: {'train'|'eval': Split.fingerprint()} of this run's data. Best steps
   ahead of the latest are dropped, as the run replays those epochs (fer_jax.checkpoint)."""
-  checkpoints.drop_replayed()
   if checkpoints.latest_step() is None:
+    checkpoints.drop_replayed()
     return None, RunState()
   saved = checkpoints.restore_meta(LATEST)
   config_checks.check_resumable(saved['train_config'], config, workdir)
@@ -104,6 +104,7 @@ def resume(checkpoints: Checkpoints, config: ml_collections.ConfigDict, workdir:
   if saved_classes != tuple(classes):
     raise FerJaxError(f'{workdir} holds a run on classes {", ".join(saved_classes)}, but the data '
                       f'has {", ".join(classes)}; resume with the same data, or pass a new --workdir.')
+  checkpoints.drop_replayed()  # only once the resume is accepted: a refused one changes nothing
   try:
     tree, meta = checkpoints.restore(LATEST, target)
   except Exception as e:

@@ -9,7 +9,6 @@ import contextlib
 import functools
 import json
 import os
-import shutil
 import time
 from typing import Any, Callable
 
@@ -215,9 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       return _train(config, workdir)
   except BaseException as e:
     steps = {kind: checkpoint.committed_steps(workdir, kind) for kind in (LATEST, BEST)}
-    removed = created and not any(steps.values())
-    if removed:
-      shutil.rmtree(workdir, ignore_errors=True)
+    removed = created and not any(steps.values()) and checkpoint.remove_workdir(workdir)
     if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (fer_jax.cli)
       raise Interrupted(checkpoint.what_was_saved(workdir, steps, removed), e) from None
     if isinstance(e, checkpoint.CheckpointWriteError):
@@ -282,7 +279,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                    'raise --config.num_epochs (or --config.early_stopping_patience) to train on',
                    workdir, run.epoch, run.best.best_score, run.best.best_epoch)
       return state
-    checkpoints.check_room_for_run(_state_tree(state), config.num_epochs - run.epoch)
+    checkpoints.check_room_for_run(_state_tree(state), config.num_epochs - run.epoch,
+                                   config.checkpoint_every_epochs)
     if primary:
       model_summary = models.summary(model, {'params': state.params,
                                              'batch_stats': state.batch_stats})
@@ -414,6 +412,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     if primary:
       metrics.log_outputs(workdir, run.epoch, run.best.best_score, run.best.best_epoch)
     return state
+  except BaseException:  # a save cut short leaves a temporary folder: not kept as debris
+    checkpoints.close()
+    if primary:
+      checkpoint.remove_partial_steps(workdir)
+    raise
   finally:  # Orbax's threads and files, and the event file, let go whatever happened
     checkpoints.close()
     if board is not None:

@@ -4,6 +4,7 @@ photos, and Ctrl-C / SIGTERM during training. Each answered right, or in one sen
 exit status of fer_jax.cli."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,6 +209,19 @@ def test_output_paths_are_made_or_refused_before_any_work_and_photos_are_annotat
     (['fer_jax.main', '--config', 'tests/configs_that_fail/no_get_config.py', '--workdir', 'x'], 2,
      'error: --config=tests/configs_that_fail/no_get_config.py defines no get_config(); define '
      'one that returns an ml_collections.ConfigDict (configs/enhanced.py shows how).'),
+    (['fer_jax.main', '--config', 'configs/smoke.py', '--workdir', 'x', '--config.model='], 2,
+     'error: --config.model is a group of fields, not a value; set its fields one by one, e.g. '
+     '--config.model.<field>=<value>.'),
+    (['fer_jax.main', '--config', 'configs/smoke.py', '--workdir', 'x',
+      '--config.data.eval_split=bogus'], 1,
+     "error: config.data.eval_split='bogus' is not a split; use one of train, validation, test."),
+    (['fer_jax.main', '--config', 'configs/smoke.py', '--workdir', 'x',
+      '--config.evals=a=configs,a=configs'], 1,
+     "error: config.evals names 'a' twice; give each dataset its own name."),
+    (['fer_jax.main', '--config', 'configs/smoke.py', '--workdir', 'x', '--config.plateau_factor=2'],
+     1, 'error: config.plateau_factor=2.0 is out of range; set it in (0, 1), e.g. 0.5.'),
+    (['fer_jax.main', '--config', 'configs/smoke.py', '--workdir', 'x', '--config.log_every_steps=0'],
+     1, 'error: config.log_every_steps=0 must be at least 1.'),
     (['fer_jax.main', '--config', 'configs/smoke.py', '--workdir='], 2,
      'error: --workdir is empty; pass the folder of the run, e.g. --workdir runs/smoke; run with '
      '--help for the flags.'),
@@ -227,8 +241,9 @@ def test_output_paths_are_made_or_refused_before_any_work_and_photos_are_annotat
 def test_one_exit_status_convention_for_every_command(args, status, message):
   out = subprocess.run([sys.executable, '-m', *args], capture_output=True, text=True, cwd=REPO)
   assert out.returncode == status and 'Traceback' not in out.stderr and 'FATAL' not in out.stderr
-  lines = [line for line in out.stderr.strip().splitlines()
-           if 'returned None, did you forget' not in line and 'before flag parsing' not in line]
+  lines = [line for line in out.stderr.strip().splitlines()  # absl's log lines aside
+           if 'returned None, did you forget' not in line and 'before flag parsing' not in line
+           and not re.match(r'[IW]\d{4} ', line)]
   assert len(lines) == 1 and lines[0].startswith('error: '), out.stderr
   if message:
     assert lines[0] == message

@@ -80,6 +80,8 @@ def test_a_rerun_that_trains_differently_rewrites_the_replayed_best(tmp_path, re
       'give 2 (batch size 64); a resumed run keeps its batch size and training faces, so its steps '
       "and schedule stay one run's: resume with --config.batch_size=32 and the same data, or pass "
       'a new --workdir.')
+  # A refused resume changes nothing: the killed run's best/8, ahead of its latest/4, is kept.
+  assert checkpoint.committed_steps(str(tmp_path), BEST) == [4, 8]
   # The same count of other training faces (generated with another seed): refused too.
   changed_faces = _killed_run(tmp_path, 'data.train_split=validation', 'data.generated_eval_size=128')
   assert changed_faces.returncode == 1 and 'Traceback' not in changed_faces.stderr
@@ -88,6 +90,7 @@ def test_a_rerun_that_trains_differently_rewrites_the_replayed_best(tmp_path, re
       r'[0-9a-f]{16}\) than this config loads \(128, [0-9a-f]{16}\); a resumed run keeps its data: '
       r'resume with the data settings in config.json there, or pass a new --workdir.',
       changed_faces.stderr.strip().splitlines()[-1]), changed_faces.stderr[-2000:]
+  assert checkpoint.committed_steps(str(tmp_path), BEST) == [4, 8]
   rerun = _killed_run(tmp_path, 'head_lr=0.002')
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   history = [{k: v for k, v in r.items() if k not in ('epoch_seconds', 'train_images_per_second')}
@@ -133,7 +136,7 @@ def test_readers_see_only_committed_steps_while_a_run_writes(tmp_path):
     try:
       _, meta = checkpoint.load_for_inference(str(tmp_path), LATEST)
     except FerJaxError as e:
-      assert 'has no checkpoints' in str(e) or 'has no checkpoint' in str(e), e
+      assert 'has no checkpoints' in str(e) or 'holds no checkpoint yet' in str(e), e
       time.sleep(0.05)
       continue
     reads += 1
@@ -187,6 +190,10 @@ def test_read_only_and_full_disks_are_one_sentence(tmp_path):
     with pytest.raises(FerJaxError, match=r"no room for this model's checkpoints \(4 copies of"):
       train.train_and_evaluate(config, str(tmp_path / 'two' / 'run'))
     assert not os.path.exists(tmp_path / 'two' / 'run')
+    # A latest every 3 epochs: the best of each of those epochs waits for it to be pruned.
+    config.num_epochs, config.checkpoint_every_epochs = 4, 3
+    with pytest.raises(FerJaxError, match=r"no room for this model's checkpoints \(6 copies of"):
+      train.train_and_evaluate(config, str(tmp_path / 'two' / 'run'))
   finally:
     subprocess.run(['umount', '-l', str(tmp_path / 'two')])
 
@@ -221,6 +228,7 @@ def test_a_disk_that_fills_during_a_save_is_one_sentence(tmp_path):
     # When the best checkpoint was complete before the disk was full, the latest's write or its
     # check fails instead, and the best is left to evaluate.
     if workdir.exists():
+      assert not _leftovers(workdir), 'the failed save left its temporary folder'
       assert re.fullmatch(r'error: (could not write|no room for) the latest checkpoint \(step 2\)'
                           r'.*; free some space (there|or fix the folder); only the best checkpoint '
                           r'\(step 2\) was saved in .*', last), last
