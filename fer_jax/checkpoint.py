@@ -365,19 +365,25 @@ def load_for_inference(workdir: str, which: str = BEST,
 CALIBRATION_FILE = 'calibration.json'
 
 
-def read_temperature(workdir: str, checkpoint: str) -> float:
-  """The temperature `evaluate --calibrate` fitted for this checkpoint of the workdir, else 1."""
+def read_temperature(workdir: str, checkpoint: str) -> tuple[float, dict[str, float]]:
+  """(temperature, {TTA variant: temperature}) that `evaluate --calibrate` fitted for this
+  checkpoint of the workdir; (1, {}) when none was."""
   path = os.path.join(workdir, CALIBRATION_FILE)
   if not os.path.exists(path):
-    return 1.0
+    return 1.0, {}
   with open(path) as f:
-    return float(json.load(f).get(str(checkpoint), {}).get('temperature', 1.0))
+    stored = json.load(f).get(str(checkpoint), {})
+  return float(stored.get('temperature', 1.0)), dict(stored.get('temperatures', {}))
 
 
-def write_temperature(workdir: str, checkpoint: str, temperature: float, fitted_on: str) -> str:
+def write_temperature(workdir: str, checkpoint: str, temperature: float, fitted_on: str,
+                      temperatures: dict[str, float] | None = None) -> str:
+  """Stores a checkpoint's temperature (and one per TTA variant) in the workdir's
+  calibration.json, replaced whole so that a reader never sees half of it; returns its path."""
   path = os.path.join(workdir, CALIBRATION_FILE)
   stored = json.load(open(path)) if os.path.exists(path) else {}
-  stored[str(checkpoint)] = {'temperature': temperature, 'fitted_on': fitted_on}
+  stored[str(checkpoint)] = {'temperature': temperature, 'temperatures': temperatures or {},
+                             'fitted_on': fitted_on}
   with open(path + '.tmp', 'w') as f:
     json.dump(stored, f, indent=2)
   os.replace(path + '.tmp', path)

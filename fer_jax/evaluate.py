@@ -111,13 +111,14 @@ def _one_dataset(predictor, data: str, out_dir: str) -> None:
                         '--split validation.')
     faces, labels = evaluation.load_eval_data(data, split, predictor.labels)
     # One temperature per TTA variant scored (averaging views softens the probabilities); a
-    # workdir stores the first variant's, which its predictor then uses for every variant.
+    # workdir stores them all, and the first variant's for the variants not scored.
     predictor.temperatures = {variant: evaluation.fit_temperature(
         evaluation.view_logits(predictor, faces, variant), labels) for variant in FLAGS.tta}
     predictor.temperature = predictor.temperatures[FLAGS.tta[0]]
     if not FLAGS.pretrained:
       checkpoint.write_temperature(FLAGS.workdir, FLAGS.checkpoint, predictor.temperature,
-                                   f'{data} {split}, TTA {FLAGS.tta[0]}')
+                                   f'{data} {split}, TTA {", ".join(FLAGS.tta)}',
+                                   predictor.temperatures)
     logging.info('temperatures %s fitted on %d %s faces', predictor.temperatures, len(faces), split)
   split, _, reports = _scored(predictor, data)
   for variant, report in reports.items():

@@ -172,9 +172,11 @@ class Predictor:
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str = BEST, **kwargs) -> 'Predictor':
-    """A checkpoint of a workdir, with the temperature `evaluate --calibrate` fitted for it."""
+    """A checkpoint of a workdir, with the temperatures `evaluate --calibrate` fitted for it."""
     variables, meta = load_for_inference(workdir, checkpoint)
-    kwargs.setdefault('temperature', read_temperature(workdir, checkpoint))
+    temperature, temperatures = read_temperature(workdir, checkpoint)
+    kwargs.setdefault('temperature', temperature)
+    kwargs.setdefault('temperatures', temperatures)
     return cls(meta['model_config'], variables, meta['label_map'], **kwargs)
 
   def recalibrate_batch_stats(self, faces: np.ndarray, batch_size: int = 256) -> None:

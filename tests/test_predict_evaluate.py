@@ -208,15 +208,18 @@ def test_evaluate_calibrate_stores_the_temperature_the_predictor_then_uses(tmp_p
   csv_path = write_csv(tmp_path / 'public.csv', [(int(l), f, 'PublicTest')
                                                  for f, l in zip(faces[:128], labels[:128])])
   cmd = [sys.executable, '-m', 'fer_jax.evaluate', '--workdir', trained_workdir, '--data',
-         str(csv_path), '--tta=none', '--calibrate']
+         str(csv_path), '--tta=none,flip', '--calibrate']
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
   assert out.returncode == 0, out.stderr[-2000:]
-  stored = json.load(open(os.path.join(trained_workdir, 'calibration.json')))['best']['temperature']
-  report = json.load(open(os.path.join(trained_workdir, 'eval_validation.json')))['reports']['none']
-  assert report['temperature'] == stored != 1.0
-  assert report['ece_calibrated'] <= report['ece'] + 0.02
+  stored = json.load(open(os.path.join(trained_workdir, 'calibration.json')))['best']
+  reports = json.load(open(os.path.join(trained_workdir, 'eval_validation.json')))['reports']
+  assert reports['none']['temperature'] == stored['temperature'] != 1.0
+  assert stored['temperatures'] == {v: reports[v]['temperature'] for v in ('none', 'flip')}
+  assert reports['none']['ece_calibrated'] <= reports['none']['ece'] + 0.02
   assert os.path.getsize(os.path.join(trained_workdir, 'reliability_validation.png')) > 1000
-  assert predict.Predictor.from_workdir(trained_workdir).temperature == stored
+  served = predict.Predictor.from_workdir(trained_workdir)
+  assert served.temperature == stored['temperature']
+  assert served.temperature_for('flip') == stored['temperatures']['flip']
   out = subprocess.run(cmd + ['--split', 'train'], capture_output=True, text=True, cwd=REPO)
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1] == ('error: --calibrate fits on validation (PublicTest) '
