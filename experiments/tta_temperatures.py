@@ -5,7 +5,7 @@ log-likelihood of the labels under the variant's mean calibrated probabilities).
     python experiments/tta_temperatures.py --data ../shared/data/fer2013/fer2013.csv.gz [--write]
 
 Averaging views softens the probabilities, so ten crops, flip and one view each want their own
-temperature; until now every variant used the one fitted for ten crops. Prints, per variant, the
+temperature, not the one fitted for ten crops alone. Prints, per variant, the
 accuracy, the fitted temperature and the expected calibration error (15 bins) at temperature 1,
 at the single shipped temperature and at the variant's own. `--write` stores the temperatures in
 the weights' card (fer_jax/weights/*.json: `temperatures`, and `calibration.by_tta`), which
