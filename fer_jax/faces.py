@@ -74,7 +74,10 @@ def draw_faces(bgr: np.ndarray, rows: list[dict]) -> np.ndarray:
     if 'track' in row:
       label = f'#{row["track"]} {label}'
     cv2.rectangle(bgr, (x, y), (x + w, y + h), (0, 200, 0), thickness)
-    cv2.putText(bgr, label, (x, max(12 * thickness, y - 6)), cv2.FONT_HERSHEY_SIMPLEX,
+    (text_width, _), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thickness,
+                                         thickness)
+    left = max(0, min(x, bgr.shape[1] - text_width))  # the whole label inside the image
+    cv2.putText(bgr, label, (left, max(12 * thickness, y - 6)), cv2.FONT_HERSHEY_SIMPLEX,
                 0.5 * thickness, (0, 200, 0), thickness, cv2.LINE_AA)
   return bgr
 

@@ -51,9 +51,12 @@ def open_capture(source: Any):
   cv2 = fer_faces._cv2()
   capture = cv2.VideoCapture(source)
   if not capture.isOpened():
-    what = f'camera {source}' if isinstance(source, int) else str(source)
-    raise FerJaxError(f'{what} cannot be opened as a video; pass an .mp4 / .avi / .mov file '
-                      'OpenCV can decode, or another --camera index.')
+    if isinstance(source, int):
+      raise FerJaxError(f'camera {source} cannot be opened; check that it is connected and not in '
+                        'use, or pass another --camera index (a video file goes as an argument '
+                        'of its own, without --camera).')
+    raise FerJaxError(f'{source} cannot be opened as a video; pass an .mp4 / .avi / .mov file '
+                      'OpenCV can decode.')
   return capture
 
 
@@ -249,18 +252,31 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
   reader = Reader(capture, every, decoding, live)
   start, sampled, pending, held = time.perf_counter(), 0, [], collections.deque()
   classifier, inflight = concurrent.futures.ThreadPoolExecutor(1), collections.deque()
-  full_searches = 0
+  full_searches, unwritten = 0, {}  # unwritten: a file's sampled frames not yet annotated
+
+  def write(bgr: np.ndarray) -> None:
+    nonlocal writer
+    if writer is None:
+      writer = cv2.VideoWriter(annotate, cv2.VideoWriter_fourcc(*'mp4v'), fps / every,
+                               (bgr.shape[1], bgr.shape[0]))
+    writer.write(bgr)
 
   def release(final: bool) -> Iterator[dict]:
     """Rows of the oldest frames whose every track is decided: kept once seen MIN_HITS times
-    (fewer when the video has fewer sampled frames), dropped once ended short of that."""
+    (fewer when the video has fewer sampled frames), dropped once ended short of that. A file's
+    annotated frame is drawn then, with the same rows, so a track is boxed from its first frame."""
     need = min(MIN_HITS, sampled) if final else MIN_HITS
     while held:
-      rows, tracks = held[0]
+      index, rows, tracks = held[0]
       if not final and any(t.hits < need and t in tracker.tracks for t in tracks):
         return
       held.popleft()
-      yield from (row for row, t in zip(rows, tracks) if t.hits >= need)
+      kept = [row for row, t in zip(rows, tracks) if t.hits >= need]
+      if index in unwritten:
+        clock = time.perf_counter()
+        write(fer_faces.draw_faces(cv2.cvtColor(unwritten.pop(index), cv2.COLOR_RGB2BGR), kept))
+        timer['write'] += time.perf_counter() - clock
+      yield from kept
 
   def classify_timed(crops: list[np.ndarray]) -> tuple[np.ndarray, float]:
     clock = time.perf_counter()
@@ -291,7 +307,7 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
                        'confidence': round(float(p[best]), 6),
                        'probabilities': {n: round(float(v), 6) for n, v in zip(predictor.labels, p)}})
         offset += len(frame_crops)
-        held.append((rows, tracks))
+        held.append((index, rows, tracks))
     return rows
 
   try:
@@ -316,15 +332,14 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
       if sum(len(p[2]) for p in pending) + len(crops) > capacity:
         flush(wait=False)
       pending.append((index, seconds, crops, boxes, tracks))
-      if live or annotate:
+      if annotate and not live:  # drawn once its rows are decided (release)
+        unwritten[index] = rgb
+      if live:  # drawn and shown now, with the tracks confirmed so far
         rows = [r for r, t in zip(flush(wait=True), tracks) if t.hits >= MIN_HITS]
         clock = time.perf_counter()
         bgr = fer_faces.draw_faces(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), rows)
         if annotate:
-          if writer is None:
-            writer = cv2.VideoWriter(annotate, cv2.VideoWriter_fourcc(*'mp4v'), fps / every,
-                                     (rgb.shape[1], rgb.shape[0]))
-          writer.write(bgr)
+          write(bgr)
         keep_going = window.show(bgr)
         timer['write'] += time.perf_counter() - clock
         if not keep_going:

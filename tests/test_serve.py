@@ -227,7 +227,10 @@ def test_explain_adds_each_faces_map_as_the_library_computes_it(server, photos):
   assert face['box'] == list(boxes[0]) and face['emotion'] == 'happy'
   np.testing.assert_allclose(face['saliency'], expected, atol=2e-4)
   assert face['crop_square'] == pytest.approx(crop_square(boxes[0], predictor.detector), abs=0.01)
+  assert all(v == round(v, 4) for line in face['saliency'] for v in line)
   assert 'saliency' not in post(server, [astronaut]).json()['faces'][0]  # only when asked
+  whole = post(server, [photos[1]], params={'explain': 'grad_cam', 'detect': 'false'}).json()
+  assert whole['faces'][0]['crop_square'] is None  # the map covers the whole image
   refused = post(server, [astronaut], params={'explain': 'shap'})
   assert refused.status_code == 422
   assert refused.json()['error'] == (

@@ -112,7 +112,12 @@ def test_cli_samples_every_nth_frame_annotates_and_names_bad_videos(tmp_path, cl
   assert out.returncode == 0, out.stderr[-2000:]
   rows = [json.loads(line) for line in out.stdout.splitlines()]
   assert [r['frame'] for r in rows] == [0, 3, 6] and all(r['emotion'] == 'happy' for r in rows)
-  assert len(_decoded(str(tmp_path / 'annotated.mp4'))) == 3
+  annotated, source = _decoded(str(tmp_path / 'annotated.mp4')), _decoded(clip)
+  assert len(annotated) == 3
+  for drawn, row in zip(annotated, rows):  # every row's box is drawn, the track's first included
+    x, y, w, h = row['box']
+    edge = np.abs(drawn[y, x:x + w].astype(int) - source[row['frame']][y, x:x + w]).mean()
+    assert edge > 20, (row['frame'], edge)
   out = subprocess.run([sys.executable, '-m', 'fer_jax.predict', '--pretrained',
                         str(tmp_path / 'broken.mp4'), str(tmp_path / 'blank.mp4')],
                        capture_output=True, text=True, cwd=REPO)
@@ -120,7 +125,7 @@ def test_cli_samples_every_nth_frame_annotates_and_names_bad_videos(tmp_path, cl
   errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
   assert errors == [
       f'error: {tmp_path / "broken.mp4"} cannot be opened as a video; pass an .mp4 / .avi / .mov '
-      'file OpenCV can decode, or another --camera index.',
+      'file OpenCV can decode.',
       f'error: {tmp_path / "blank.mp4"}: no face found in any sampled frame (blazeface).']
 
 

@@ -64,9 +64,10 @@ class Face(BaseModel):
 class ExplainedFace(Face):
   """A face with its saliency map (?explain=): 48x48 values on the face crop's grid (Grad-CAM
   in [0, 1] after ReLU; integrated gradients signed) and the square [x0, y0, side] of the image
-  that crop covers, to draw the map over the photo."""
+  that crop covers, to draw the map over the photo (null when the whole image was the face: the
+  map then covers the image, stretched to its shape)."""
   saliency: list[list[float]]
-  crop_square: list[float]
+  crop_square: list[float] | None
 
 
 class Image(BaseModel):
@@ -172,7 +173,8 @@ def create_app(batcher: Batcher, model_info: dict[str, Any], max_upload_bytes: i
   predictor's own settings (version, parameters, source). CORS is off unless `cors_origins`."""
   predictor = batcher.predictor
   detecting = threading.Lock()  # one OpenCV detector network, shared: one search at a time
-  model = {'labels': predictor.labels, 'tta': predictor.tta, 'temperature': predictor.temperature,
+  model = {'labels': predictor.labels, 'tta': predictor.tta,
+           'temperature': predictor.temperature_for(predictor.tta),  # the one its TTA uses
            'detector': predictor.detector, 'align': predictor.align,
            'batch_sizes': batcher.sizes,
            'call_ms': {size: round(1e3 * cost, 1) for size, cost in batcher.costs.items()},
@@ -220,17 +222,17 @@ def create_app(batcher: Batcher, model_info: dict[str, Any], max_upload_bytes: i
                                       predictor.align)
     return crops, boxes, (int(round(grey.shape[1] * scale)), int(round(grey.shape[0] * scale)))
 
-  def saliency(crops: np.ndarray, boxes: list, probabilities: np.ndarray, method: str,
-               side: int) -> list[dict[str, Any]]:
-    """Each face's map for its predicted class (Predictor.explain) and its crop's square (for a
-    whole image taken as the face, its longer side)."""
+  def saliency(crops: np.ndarray, boxes: list, probabilities: np.ndarray,
+               method: str) -> list[dict[str, Any]]:
+    """Each face's map for its predicted class (Predictor.explain) and its crop's square (None
+    for a whole image taken as the face: the map covers the image, stretched to its shape)."""
     from fer_jax.explain_figures import crop_square
     # One face a call: one compiled shape, whatever the count (the first request compiles it).
     maps = [predictor.explain(crops[i:i + 1], probabilities[i:i + 1].argmax(-1), method)[0]
             for i in range(len(crops))]
-    return [{'saliency': np.round(m, 4).tolist(),
-             'crop_square': [round(float(v), 2) for v in (
-                 crop_square(box, predictor.detector) if box is not None else (0, 0, side))]}
+    return [{'saliency': np.round(np.asarray(m, np.float64), 4).tolist(),
+             'crop_square': None if box is None else [
+                 round(float(v), 2) for v in crop_square(box, predictor.detector)]}
             for m, box in zip(maps, boxes)]
 
   async def classify(name: str | None, data: bytes, detect: bool | None, explain: str | None
@@ -245,8 +247,7 @@ def create_app(batcher: Batcher, model_info: dict[str, Any], max_upload_bytes: i
              for p, box in zip(probabilities, boxes)]
     rows = [{'file': name, **row} for row in face_rows(found)]
     if explain and rows:
-      maps = await run_in_threadpool(saliency, crops, boxes, np.asarray(probabilities), explain,
-                                     max(width, height))
+      maps = await run_in_threadpool(saliency, crops, boxes, np.asarray(probabilities), explain)
       rows = [{**row, **extra} for row, extra in zip(rows, maps)]
     return rows, {'file': name, 'width': width, 'height': height, 'faces': len(rows)}
 
