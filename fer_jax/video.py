@@ -222,11 +222,12 @@ def predict_video(predictor: Any, source: Any, every: int = 1, smooth: float = 0
   probabilities (smoothed along the track), for the tracks kept (MIN_HITS). `search='track'`
   finds BlazeFace faces with VideoSearch; 'full' searches each frame as a photo (detect_faces).
   Faces of several frames are classified in one call of at most BATCH views, on a thread while
-  the next frames are searched; a live source
-  (default: a camera index) is classified frame by frame, keeping only the newest frame, and
-  shown on screen when `show` (default: live) and a display exists. `stages`, when given, gets
-  the seconds spent in each of STAGES and the count of full searches ('full_searches'). A video that stops early raises FerJaxError after the
-  rows of every frame it gave."""
+  the next frames are searched; a live source (default: a camera index) is classified frame by
+  frame, keeping only the newest frame, and shown on screen when `show` (default: live) and a
+  display exists. `annotate`: the path of the video written with the rows drawn. `stages`, when
+  given, gets the seconds spent in each of STAGES and the count of full searches
+  ('full_searches'). A video that stops early raises FerJaxError after the rows of every frame
+  it gave."""
   if every < 1:
     raise FerJaxError(f'--every={every} must be at least 1 (1 = every frame).')
   if search not in ('track', 'full'):
